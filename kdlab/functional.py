@@ -1,0 +1,32 @@
+"""Tensor functions for loss authors (public API)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.types import UNLABELED
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy over the labelled rows (``labels != -1``); 0 (with a gradient path) when none are."""
+    mask = labels != UNLABELED
+    per_row = F.cross_entropy(logits, labels.clamp_min(0), reduction="none", label_smoothing=label_smoothing)
+    per_row = per_row * mask
+    return per_row.sum() / mask.sum().clamp_min(1)
+
+
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch (Hinton et al. 2015)."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.to(log_p_s.dtype) / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * (t * t)
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    return (logits.argmax(1) == labels).float().mean()
+
+
+__all__ = ["masked_cross_entropy", "soft_kl", "accuracy", "torch"]

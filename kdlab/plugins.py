@@ -1,0 +1,210 @@
+"""The plugin manager: one ``pluggy.PluginManager("kdlab")``, loaded lazily from the ``kdlab`` entry-point group.
+
+Environment variables (public interface):
+
+``KDLAB_PLUGINS``
+    Comma-separated entry-point names: load only these installed plugins. Unset: load all. Empty: load none.
+``KDLAB_DISABLE_PLUGINS``
+    Comma-separated entry-point names not to load.
+``KDLAB_TRACE_PLUGINS``
+    ``1`` prints every hook call, its arguments and its result to stderr.
+
+A plugin whose entry point fails to import, or whose hook implementations are invalid, is skipped: kdlab starts,
+warns which plugin failed and why, and ``kdlab plugins`` lists it under failures.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from kdlab import hookspecs
+from kdlab.errors import PluginError
+from kdlab.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "kdlab"
+ENV_PLUGINS = "KDLAB_PLUGINS"
+ENV_DISABLE = "KDLAB_DISABLE_PLUGINS"
+ENV_TRACE = "KDLAB_TRACE_PLUGINS"
+
+#: contribution hook per component kind
+CONTRIBUTION_HOOKS: dict[str, str] = {
+    "data": "kdlab_register_data",
+    "teacher": "kdlab_register_teachers",
+    "student": "kdlab_register_students",
+    "loss": "kdlab_register_losses",
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    location: str | None = None  # module file the plugin was loaded from
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadFailure:
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+
+
+class Plugins:
+    """The loaded plugins, their metadata, load failures and the component registry built from them."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("kdlab")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self.failures: list[LoadFailure] = []
+        self._registry: Registry | None = None
+        self._undo_trace = None
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    def load_entry_points(self) -> None:
+        only = _env_list(ENV_PLUGINS)
+        disabled = set(_env_list(ENV_DISABLE) or [])
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in disabled or (only is not None and ep.name not in only) or ep.name in self.info:
+                continue
+            dist = getattr(ep, "dist", None)
+            dname, dver = (dist.name, dist.version) if dist is not None else (None, None)
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop kdlab
+                self._fail(ep.name, dname, dver, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                self.register(obj, ep.name, distribution=dname, version=dver)
+            except PluginError as exc:
+                self._fail(ep.name, dname, dver, str(exc))
+
+    def _fail(self, name: str, dist: str | None, version: str | None, reason: str) -> None:
+        self.failures.append(LoadFailure(name, dist, version, reason))
+        print(f"kdlab: warning: plugin {name!r} was not loaded: {reason}", file=sys.stderr)
+
+    def register(self, obj: Any, name: str, *, distribution: str | None = None, version: str | None = None) -> None:
+        """Register a plugin object (usually a module) under ``name``; validate its hook implementations.
+
+        Raises :class:`PluginError` naming the plugin for an implementation with wrong argument names or one that
+        matches no hook; the plugin is then left unregistered.
+        """
+        who = f"plugin {name!r}" + (f" ({distribution} {version})" if distribution else "")
+        if name in self.info or self.pm.has_plugin(name):
+            raise PluginError(f"{who}: a plugin named {name!r} is already registered")
+        try:
+            self.pm.register(obj, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"{who}: {exc}") from exc
+        unknown = [hc.name for hc in (self.pm.get_hookcallers(obj) or []) if hc.spec is None]
+        if unknown:
+            self.pm.unregister(obj)
+            known = [n for n in dir(self.pm.hook) if n.startswith("kdlab_")]
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, known, n=1)
+                hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise PluginError(f"{who} implements unknown hook {', '.join(hints)}; known hooks: {', '.join(known)}")
+        hooks = sorted(hc.name for hc in (self.pm.get_hookcallers(obj) or []))
+        location = getattr(obj, "__file__", None) or getattr(type(obj), "__module__", None)
+        self.info[name] = PluginInfo(name, distribution, version, location, hooks)
+        self._registry = None
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self._registry = None
+
+    def trace(self, enabled: bool = True) -> None:
+        if enabled and self._undo_trace is None:
+
+            def before(hook_name, hook_impls, kwargs):
+                names = [i.plugin_name for i in hook_impls]
+                print(f"kdlab trace: {hook_name}({', '.join(sorted(kwargs))}) -> {names}", file=sys.stderr)
+
+            def after(outcome, hook_name, hook_impls, kwargs):
+                exc = outcome.exception
+                res = f"raised {exc!r}" if exc else f"returned {outcome.get_result()!r}"
+                print(f"kdlab trace: {hook_name} {res}", file=sys.stderr)
+
+            self._undo_trace = self.pm.add_hookcall_monitoring(before, after)
+        elif not enabled and self._undo_trace is not None:
+            self._undo_trace()
+            self._undo_trace = None
+
+    # -- registry -------------------------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return self._registry
+
+    def _build_registry(self) -> Registry:
+        reg = Registry()
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, CONTRIBUTION_HOOKS[kind])
+            # Call each implementation on its own so that every component is attributed to the plugin that
+            # registered it (pluggy's caller would hide who called ``register``).
+            for impl in reversed(caller.get_hookimpls()):
+                info = self.info.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
+                register = reg.registrar(kind, impl.plugin_name, info.distribution, info.version)
+                if os.environ.get(ENV_TRACE):
+                    print(f"kdlab trace: {caller.name}(register) -> {impl.plugin_name}", file=sys.stderr)
+                try:
+                    impl.function(**{a: register for a in impl.argnames})
+                except PluginError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    who = f"plugin {impl.plugin_name!r}" + (
+                        f" ({info.distribution} {info.version})" if info.distribution else ""
+                    )
+                    raise PluginError(f"{who} raised in {caller.name}: {type(exc).__name__}: {exc}") from exc
+        return reg
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+
+_PLUGINS: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide :class:`Plugins`, loading installed plugins on first use."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        plugins = Plugins()
+        plugins.load_entry_points()
+        if os.environ.get(ENV_TRACE):
+            plugins.trace(True)
+        _PLUGINS = plugins
+    return _PLUGINS
+
+
+def get_registry() -> Registry:
+    return get_plugins().registry
+
+
+def reset_plugins() -> None:
+    """Forget the loaded plugins (tests, or after changing ``KDLAB_PLUGINS``)."""
+    global _PLUGINS
+    _PLUGINS = None
+
+
+def _env_list(var: str) -> list[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return [p.strip() for p in raw.split(",") if p.strip()]

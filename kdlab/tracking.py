@@ -1,0 +1,176 @@
+"""MLflow tracking through the client API (no thread-local active run), with per-epoch metrics sent in batches.
+
+MLflow is imported only when a tracked run starts, so commands that do not track never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kdlab import paths
+
+#: MLflow run statuses used by kdlab
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """SQLite stores shared by worker processes can be briefly locked; retry with backoff."""
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if i == attempts - 1 or "locked" not in str(exc).lower():
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _quiet_mlflow() -> None:
+    import logging
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """One MLflow experiment on one tracking URI."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        _quiet_mlflow()
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = uri or paths.default_tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment)
+        mlflow.set_tracking_uri(self.uri)
+
+    def _experiment(self, name: str) -> str:
+        exp = _retry(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+            location = paths.default_artifact_root().as_uri()
+        try:
+            return _retry(self.client.create_experiment, name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - another worker created it first
+            exp = _retry(self.client.get_experiment_by_name, name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start(self, name: str, *, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+              flush_every_s: float = 15.0) -> TrackedRun:
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
+        return TrackedRun(self, run.info.run_id, flush_every_s)
+
+    def run_url(self, run_id: str) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+class TrackedRun:
+    """An MLflow run being written. Per-epoch metrics are buffered and sent with ``log_batch``."""
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_every_s: float = 15.0):
+        self.tracker = tracker
+        self.client = tracker.client
+        self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self._buffer: list[Any] = []
+        self._last_flush = time.monotonic()
+        self.ended = False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            _retry(self.client.log_batch, self.run_id, tags=items)
+
+    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        self.flush()
+
+    def flush(self) -> None:
+        buf, self._buffer = self._buffer, []
+        for i in range(0, len(buf), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=buf[i : i + 1000])
+        self._last_flush = time.monotonic()
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(local_path), artifact_path)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        _retry(self.client.log_figure, self.run_id, figure, artifact_file)
+
+    def log_model(self, model: Any, name: str, example_x: Any) -> None:
+        """``mlflow.pytorch.log_model`` with a signature inferred from numpy example inputs and outputs."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.eval().cpu()
+        example = example_x.detach().cpu()
+        with torch.inference_mode():
+            out = model(example)
+        signature = infer_signature(example.numpy(), out.float().numpy())
+        # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
+        _retry(
+            mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
+            input_example=example.numpy(), serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+    def end(self, status: str = FINISHED) -> None:
+        if self.ended:
+            return
+        self.flush()
+        _retry(self.client.set_terminated, self.run_id, status)
+        self.ended = True
+
+
+class NullRun:
+    """Stands in for :class:`TrackedRun` when tracking is off."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *a, **k: None
+
+
+def _param_str(v: Any) -> str:
+    s = v if isinstance(v, str) else ("null" if v is None else str(v).replace("'", '"') if isinstance(v, (list, dict)) else str(v))
+    return s[:6000]

@@ -1,0 +1,273 @@
+"""The training loop shared by teachers and students.
+
+Small data lives on the run's device; an epoch is one permutation gather and contiguous slices (no DataLoader);
+per-step loss terms accumulate on the device and are read once per epoch (no host sync per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.config import OptimizerConfig
+from kdlab.errors import KdlabError, NonFiniteLoss
+from kdlab.types import Loss, LossInputs, Split
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainSet:
+    """Training rows on the device: inputs, labels (-1 = unlabeled) and, when cached, the teacher's outputs."""
+
+    x: Tensor
+    y: Tensor
+    teacher_logits: Tensor | None = None
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict[str, float]]
+    train_time_s: float
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KdlabError(f"training.device = {spec!r}: CUDA is not available on this machine (use cpu or auto)")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise KdlabError(f"training.device = {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if spec == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise KdlabError("training.device = 'mps': MPS is not available on this machine")
+    return torch.device(spec)
+
+
+def find_module(model: nn.Module, path: str, *, key: str, owner: str) -> nn.Module:
+    """The submodule at dotted ``path``, or an error naming the config key and listing the module names."""
+    modules = dict(model.named_modules())
+    if path in modules and path != "":
+        return modules[path]
+    import difflib
+
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(path, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise KdlabError(f"{key}: {owner} has no module {path!r}{hint} Its modules: {', '.join(names)}")
+
+
+class FeatureCapture:
+    """Forward hooks that record the outputs of named modules into ``self.features`` (models' forward untouched)."""
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...] | list[str], *, key: str, owner: str):
+        self.features: dict[str, Tensor] = {}
+        self._handles = []
+        for name in layers:
+            module = find_module(model, name, key=key, owner=owner)
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(_module, _inp, out):
+            self.features[name] = out[0] if isinstance(out, tuple) else out
+
+        return hook
+
+    def take(self) -> dict[str, Tensor]:
+        out, self.features = self.features, {}
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return None
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 4096, layers: tuple[str, ...] = (),
+            key: str = "", owner: str = "model") -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits (float32) over ``x`` in chunks, in eval mode; plus captured features of ``layers``."""
+    was_training = model.training
+    model.eval()
+    capture = FeatureCapture(model, layers, key=key, owner=owner) if layers else None
+    outs, feats = [], {name: [] for name in layers}
+    try:
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i : i + batch_size]).float())
+            if capture:
+                for name, f in capture.take().items():
+                    feats[name].append(f.float())
+    finally:
+        if capture:
+            capture.close()
+        model.train(was_training)
+    logits = torch.cat(outs) if outs else torch.empty(0)
+    return logits, {k: torch.cat(v) for k, v in feats.items()}
+
+
+def accuracy_and_loss(logits: Tensor, y: Tensor) -> tuple[float, float]:
+    acc = (logits.argmax(1) == y).float().mean()
+    loss = F.cross_entropy(logits, y)
+    acc_v, loss_v = torch.stack([acc, loss]).tolist()
+    return acc_v, loss_v
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Loss,
+    train: TrainSet,
+    val: Split,
+    *,
+    optimizer: OptimizerConfig,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    keep_best: bool = True,
+    precision: str = "fp32",
+    eval_batch_size: int = 4096,
+    on_epoch: list[EpochCallback] | None = None,
+) -> FitResult:
+    """Train ``model`` (and the loss's own parameters) with ``loss_fn``; validate every epoch.
+
+    Callbacks in ``on_epoch`` receive ``(epoch, metrics)`` after validation and may raise to stop training
+    (e.g. ``optuna.TrialPruned``). Raises :class:`NonFiniteLoss` when the epoch's loss is NaN or infinite.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [p for p in loss_fn.parameters() if p.requires_grad and all(p is not q for q in params)]
+    opt = build_optimizer(params, optimizer)
+    sched = build_scheduler(opt, optimizer, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    s_capture = FeatureCapture(model, loss_fn.student_layers, key="loss.params", owner="the student") \
+        if loss_fn.student_layers else None
+    live = teacher is not None and loss_fn.uses_teacher and (loss_fn.live_teacher or train.teacher_logits is None)
+    t_capture = FeatureCapture(teacher, loss_fn.teacher_layers, key="loss.params", owner="the teacher") \
+        if live and loss_fn.teacher_layers else None
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+    n = len(train)
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    val_x, val_y = val.x, val.y
+    try:
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            loss_fn.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            xs, ys = train.x[perm], train.y[perm]
+            ts = train.teacher_logits[perm] if (train.teacher_logits is not None and not live) else None
+            tf = {k: v[perm] for k, v in train.teacher_features.items()} if not live else {}
+            sums: dict[str, Tensor] = {}
+            total_sum = torch.zeros((), device=device)
+            for i in range(0, n, batch_size):
+                xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+                with autocast:
+                    if live:
+                        with torch.no_grad():
+                            tb = teacher(xb).float()
+                        tfeat = t_capture.take() if t_capture else {}
+                    else:
+                        tb = None if ts is None else ts[i : i + batch_size]
+                        tfeat = {k: v[i : i + batch_size] for k, v in tf.items()}
+                    logits = model(xb)
+                    out = loss_fn(LossInputs(
+                        x=xb, labels=yb, student_logits=logits.float(), teacher_logits=tb,
+                        student_features=s_capture.take() if s_capture else {}, teacher_features=tfeat,
+                        epoch=epoch, epochs=epochs,
+                    ))
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                opt.step()
+                rows = xb.shape[0]
+                total_sum = total_sum + out.total.detach().float() * rows
+                for name, term in out.terms.items():
+                    t = term.detach().float() * rows
+                    sums[name] = sums[name] + t if name in sums else t
+            if sched is not None:
+                sched.step()
+            val_logits, _ = predict(model, val_x, eval_batch_size)
+            names = list(sums)
+            stacked = torch.stack([total_sum, *(sums[k] for k in names),
+                                   (val_logits.argmax(1) == val_y).float().mean(),
+                                   F.cross_entropy(val_logits, val_y)]).tolist()  # the one host sync per epoch
+            train_loss = stacked[0] / n
+            if not math.isfinite(train_loss):
+                raise NonFiniteLoss(f"the training loss became {train_loss} in epoch {epoch}")
+            metrics = {"train_loss": train_loss}
+            metrics.update({f"train_{k}": v / n for k, v in zip(names, stacked[1:-2])})
+            metrics["val_accuracy"], metrics["val_loss"] = stacked[-2], stacked[-1]
+            metrics["lr"] = opt.param_groups[0]["lr"]
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            history.append(metrics)
+            if metrics["val_accuracy"] > best_acc:
+                best_acc, best_epoch = metrics["val_accuracy"], epoch
+                if keep_best and epoch < epochs:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elif keep_best:
+                    best_state = None  # the final weights are the best
+            for cb in on_epoch or []:
+                cb(epoch, metrics)
+    finally:
+        if s_capture:
+            s_capture.close()
+        if t_capture:
+            t_capture.close()
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

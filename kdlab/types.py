@@ -1,0 +1,145 @@
+"""Public types that plugins touch: data splits, loss inputs and outputs, the loss base class, run info."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from kdlab.config import RunConfig
+
+#: Label value of an unlabeled example (rows of a transfer split mixed into a training batch).
+UNLABELED = -1
+
+
+@dataclass
+class Split:
+    """One split of a dataset: inputs ``x`` of shape ``(N, *input_shape)`` (float) and labels ``y`` of shape
+    ``(N,)`` (int64, in ``[0, num_classes)``), or ``y=None`` for an unlabeled split."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+
+
+@dataclass
+class Data:
+    """What a data plugin's factory returns.
+
+    Contract: ``train``, ``val`` and ``test`` are labelled; ``transfer`` (optional) is unlabeled and only ever
+    seen through the teacher's outputs. All splits share ``input_shape`` and dtype ``float32``; labels are int64 in
+    ``[0, num_classes)``. The same params and seed give the same tensors. ``tasks`` (optional) partitions the
+    classes for continual-learning runs, e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    transfer: Split | None = None
+    class_names: list[str] | None = None
+    tasks: list[list[int]] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def splits(self) -> dict[str, Split]:
+        out = {"train": self.train, "val": self.val, "test": self.test}
+        if self.transfer is not None:
+            out["transfer"] = self.transfer
+        return out
+
+
+@dataclass
+class LossInputs:
+    """What the engine passes to ``Loss.forward`` for one batch.
+
+    ``labels`` holds :data:`UNLABELED` (-1) for rows without a label (transfer rows); ``teacher_logits`` is ``None``
+    when the loss declares ``uses_teacher = False``. Feature dicts hold the outputs of the modules named in the
+    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names.
+    """
+
+    x: Tensor
+    labels: Tensor
+    student_logits: Tensor
+    teacher_logits: Tensor | None = None
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+    epoch: int = 1
+    epochs: int = 1
+
+    @property
+    def labeled(self) -> Tensor:
+        """Boolean mask of the rows that have a label."""
+        return self.labels != UNLABELED
+
+
+@dataclass
+class LossOutput:
+    """Named loss terms (scalars, e.g. ``{"ce": ..., "kd": ...}``) and the ``total`` that is back-propagated."""
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossSetup:
+    """What :meth:`Loss.setup` receives, once, before training: the models, shapes, device and a model builder."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    device: torch.device
+    #: ``build_model(kind, name, params)`` builds a registered teacher/student architecture (for online peers).
+    build_model: Callable[[str, str, dict[str, Any]], nn.Module]
+    student_config: dict[str, Any] = field(default_factory=dict)
+    #: one example batch of training inputs, to infer adapter shapes by a forward pass
+    example_x: Tensor | None = None
+
+
+class Loss(nn.Module):
+    """Base class of distillation losses. Subclasses implement :meth:`forward`.
+
+    Class attributes tell the engine what the loss needs:
+
+    * ``uses_teacher`` — the loss reads ``teacher_logits``/``teacher_features`` (``False`` for ``ce``).
+    * ``live_teacher`` — teacher outputs must be computed every step (online methods, random augmentation);
+      otherwise they are computed once over the training data and cached.
+    * ``student_layers`` / ``teacher_layers`` — dotted module paths whose outputs are captured with forward hooks.
+      Set them on the instance (from params) in ``__init__``.
+
+    Parameters of the loss (adapters, peer networks) are trained with the student.
+    """
+
+    uses_teacher: ClassVar[bool] = True
+    live_teacher: ClassVar[bool] = False
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+
+    def setup(self, ctx: LossSetup) -> None:
+        """Called once before training; create adapters or peers here. Default: nothing."""
+
+    def forward(self, inputs: LossInputs) -> LossOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class RunInfo:
+    """Passed to the run lifecycle hooks."""
+
+    role: str
+    config: RunConfig
+    device: str
+    run_id: str | None = None
+    trial_number: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,19 @@
+"""Entry point ``kdlab-models`` of the ``kdlab`` group: each architecture serves as teacher and as student."""
+
+import kdlab
+
+from .nets import CNN1DParams, CNN2DParams, MLPParams, make_cnn1d, make_cnn2d, make_mlp
+
+_ARCHITECTURES = [("mlp", make_mlp, MLPParams), ("cnn1d", make_cnn1d, CNN1DParams), ("cnn2d", make_cnn2d, CNN2DParams)]
+
+
+@kdlab.hookimpl
+def kdlab_register_teachers(register):
+    for name, factory, params in _ARCHITECTURES:
+        register(name, factory, params)
+
+
+@kdlab.hookimpl
+def kdlab_register_students(register):
+    for name, factory, params in _ARCHITECTURES:
+        register(name, factory, params)
