@@ -1,0 +1,79 @@
+"""Shared fixtures. Every test gets its own KDLAB_HOME (MLflow store, Optuna storage, caches) in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def kdlab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "kdlab-home"
+    monkeypatch.setenv("KDLAB_HOME", str(home))
+    monkeypatch.delenv("KDLAB_CACHE_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data cache shared by the tests of one worker (generated MNIST-1D is slow to make)."""
+    path = tmp_path_factory.getbasetemp() / "shared-cache"
+    monkeypatch.setenv("KDLAB_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def plugins():
+    """The process's plugin manager, with any plugin a test registers unregistered afterwards."""
+    from kdlab.plugins import get_plugins
+
+    p = get_plugins()
+    before = set(p.info)
+    yield p
+    for name in set(p.info) - before:
+        p.unregister(name)
+    p._registry = None
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a dict (or YAML text) as a config file and return its path."""
+
+    def write(data: dict | str, name: str = "run.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def tiny_digits_config(**overrides) -> dict:
+    """A digits run that takes a second or two: small teacher, few epochs."""
+    cfg = {
+        "data": {"name": "digits", "params": {"test_size": 360, "val_size": 180}},
+        "teacher": {"name": "mlp", "params": {"hidden": [64]},
+                    "training": {"epochs": 3, "batch_size": 64, "optimizer": {"lr": 0.01}}},
+        "student": {"name": "mlp", "params": {"hidden": [16]}},
+        "loss": {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "training": {"epochs": 3, "batch_size": 128, "seed": 0, "device": "cpu"},
+        "tracking": {"experiment": "test", "log_model": False},
+    }
+    for key, value in overrides.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+sys.modules.setdefault("kdlab_test_helpers", sys.modules[__name__])
