@@ -10,7 +10,9 @@ Environment variables (public interface):
     ``1`` prints every hook call, its arguments and its result to stderr.
 
 A plugin whose entry point fails to import, or whose hook implementations are invalid, is skipped: kdlab starts,
-warns which plugin failed and why, and ``kdlab plugins`` lists it under failures.
+warns which plugin failed and why, and ``kdlab plugins`` lists it under failures. A contribution hook that raises
+loses only the components it registered in that call; a component name registered by two plugins is unusable (using
+it raises the error naming both) until one of them is disabled.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pluggy
 
 from kdlab import hookspecs
 from kdlab.errors import PluginError
-from kdlab.registry import KINDS, Registry
+from kdlab.registry import KINDS, LoadFailure, Registry
 
 ENTRY_POINT_GROUP = "kdlab"
 ENV_PLUGINS = "KDLAB_PLUGINS"
@@ -51,14 +53,6 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
-@dataclass
-class LoadFailure:
-    name: str
-    distribution: str | None
-    version: str | None
-    reason: str
-
-
 class Plugins:
     """The loaded plugins, their metadata, load failures and the component registry built from them."""
 
@@ -66,7 +60,7 @@ class Plugins:
         self.pm = pluggy.PluginManager("kdlab")
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
-        self.failures: list[LoadFailure] = []
+        self.load_failures: list[LoadFailure] = []
         self._registry: Registry | None = None
         self._undo_trace = None
 
@@ -90,8 +84,13 @@ class Plugins:
             except PluginError as exc:
                 self._fail(ep.name, dname, dver, str(exc))
 
+    @property
+    def failures(self) -> list[LoadFailure]:
+        """Plugins that failed to load, then contribution hooks that failed while the registry was built."""
+        return self.load_failures + self.registry.failures
+
     def _fail(self, name: str, dist: str | None, version: str | None, reason: str) -> None:
-        self.failures.append(LoadFailure(name, dist, version, reason))
+        self.load_failures.append(LoadFailure(name, dist, version, reason))
         print(f"kdlab: warning: plugin {name!r} was not loaded: {reason}", file=sys.stderr)
 
     def register(self, obj: Any, name: str, *, distribution: str | None = None, version: str | None = None) -> None:
@@ -110,7 +109,7 @@ class Plugins:
         unknown = [hc.name for hc in (self.pm.get_hookcallers(obj) or []) if hc.spec is None]
         if unknown:
             self.pm.unregister(obj)
-            known = [n for n in dir(self.pm.hook) if n.startswith("kdlab_")]
+            known = self.hook_names()
             hints = []
             for hook in unknown:
                 close = difflib.get_close_matches(hook, known, n=1)
@@ -120,6 +119,10 @@ class Plugins:
         location = getattr(obj, "__file__", None) or getattr(type(obj), "__module__", None)
         self.info[name] = PluginInfo(name, distribution, version, location, hooks)
         self._registry = None
+
+    def hook_names(self) -> list[str]:
+        """The hooks kdlab defines (those with a spec; pluggy also keeps callers for unknown implementations)."""
+        return sorted(n for n, c in vars(self.pm.hook).items() if n.startswith("kdlab_") and c.spec is not None)
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -156,21 +159,26 @@ class Plugins:
         for kind in KINDS:
             caller = getattr(self.pm.hook, CONTRIBUTION_HOOKS[kind])
             # Call each implementation on its own so that every component is attributed to the plugin that
-            # registered it (pluggy's caller would hide who called ``register``).
+            # registered it (pluggy's caller would hide who called ``register``), and so that one broken plugin
+            # costs only its own components: kdlab still starts and ``kdlab plugins`` lists the failure.
             for impl in reversed(caller.get_hookimpls()):
                 info = self.info.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
                 register = reg.registrar(kind, impl.plugin_name, info.distribution, info.version)
                 if os.environ.get(ENV_TRACE):
                     print(f"kdlab trace: {caller.name}(register) -> {impl.plugin_name}", file=sys.stderr)
+                before = set(reg.names(kind))
                 try:
                     impl.function(**{a: register for a in impl.argnames})
-                except PluginError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop kdlab
+                    reg.discard(kind, [n for n in reg.names(kind) if n not in before])
                     who = f"plugin {impl.plugin_name!r}" + (
                         f" ({info.distribution} {info.version})" if info.distribution else ""
                     )
-                    raise PluginError(f"{who} raised in {caller.name}: {type(exc).__name__}: {exc}") from exc
+                    reason = str(exc) if isinstance(exc, PluginError) else (
+                        f"{who} raised in {caller.name}: {type(exc).__name__}: {exc}")
+                    reg.failures.append(LoadFailure(impl.plugin_name, info.distribution, info.version, reason))
+        for failure in reg.failures:
+            print(f"kdlab: warning: {failure.reason}", file=sys.stderr)
         return reg
 
     @property

@@ -28,6 +28,16 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass
+class LoadFailure:
+    """A plugin that failed to load, or a contribution of one that failed; ``kdlab plugins`` lists them."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+
+
 @dataclass(frozen=True)
 class Component:
     """One registered component."""
@@ -93,6 +103,10 @@ class Registry:
 
     def __init__(self) -> None:
         self._components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+        #: (kind, name) registered by two plugins -> the error naming both; the name is unusable until one goes
+        self._conflicts: dict[tuple[str, str], str] = {}
+        #: contribution hooks that failed, and names registered twice, while this registry was built
+        self.failures: list[LoadFailure] = []
 
     def registrar(
         self, kind: str, plugin: str, distribution: str | None = None, version: str | None = None
@@ -137,16 +151,32 @@ class Registry:
                 "expected a pydantic BaseModel subclass"
             )
         table = self._components[component.kind]
-        if component.name in table:
-            first = table[component.name]
-            raise PluginError(
-                f"{component.kind} {component.name!r} is registered twice: by {first.origin} and by {who}. "
-                f"Disable one of them with KDLAB_DISABLE_PLUGINS."
+        key = (component.kind, component.name)
+        if component.name in table or key in self._conflicts:
+            first = table.pop(component.name).origin if component.name in table else self._first_of(key)
+            # Neither plugin wins silently: the name becomes unusable (using it raises this message), while both
+            # plugins keep their other components and ``kdlab plugins`` lists the clash under failures.
+            self._conflicts[key] = (
+                f"{component.kind} {component.name!r} is registered twice: by {first} and by {who}. "
+                "Disable one of them with KDLAB_DISABLE_PLUGINS."
             )
+            self.failures.append(
+                LoadFailure(component.plugin, component.distribution, component.version, self._conflicts[key]))
+            return component
         table[component.name] = component
         return component
 
+    def _first_of(self, key: tuple[str, str]) -> str:
+        return self._conflicts[key].split(" by ", 1)[1].split(" and by ", 1)[0]
+
+    def discard(self, kind: str, names: list[str]) -> None:
+        """Forget components (those of a contribution hook that raised half-way)."""
+        for name in names:
+            self._components[kind].pop(name, None)
+
     def get(self, kind: str, name: str) -> Component:
+        if (kind, name) in self._conflicts:
+            raise PluginError(self._conflicts[(kind, name)])
         try:
             return self._components[kind][name]
         except KeyError:
