@@ -1,0 +1,336 @@
+"""The conformance kit: checks that a plugin's components honour kdlab's contracts.
+
+Use it from a plugin's own tests::
+
+    import pytest
+    from kdlab.testing import check_component, components_of
+
+    import kdlab_example.plugin
+
+    @pytest.mark.parametrize("component", components_of(kdlab_example.plugin), ids=str)
+    def test_conformance(component):
+        check_component(component)
+
+Each ``check_*`` function raises :class:`ConformanceError` (an ``AssertionError``) that names the component and the
+contract it broke, and returns what it built so that a test can check more. Importing this module does not import
+torch; it is also a pytest plugin (entry point ``pytest11``) that provides the ``kdlab_plugins`` fixture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from kdlab.registry import Component
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from kdlab.types import Data, Loss
+
+__all__ = [
+    "ConformanceError", "components_of", "check_component", "check_params", "check_data", "check_model",
+    "check_loss", "WRONG_VALUES",
+]
+
+#: Values of the wrong type that every params field must reject (at least one of them): a YAML string, mapping
+#: and list of mappings. A field that accepts all three is typed ``Any`` and cannot catch a user's mistake.
+WRONG_VALUES: tuple[Any, ...] = ("kdlab-wrong-type", {"kdlab": "wrong"}, [{"kdlab": "wrong"}])
+
+
+class ConformanceError(AssertionError):
+    """A component broke its contract."""
+
+
+def _fail(component: Component, message: str) -> ConformanceError:
+    return ConformanceError(f"{component.kind} {component.name!r} from {component.origin}: {message}")
+
+
+def components_of(plugin: Any, name: str | None = None) -> list[Component]:
+    """The components that ``plugin`` (a module or object with hook implementations) registers, on its own.
+
+    The plugin is registered in a fresh plugin manager (no installed plugins), so its hook implementations are
+    validated as kdlab validates them, and each component is attributed to it.
+    """
+    from kdlab.errors import PluginError
+    from kdlab.plugins import Plugins
+
+    plugins = Plugins()
+    plugins.register(plugin, name or getattr(plugin, "__name__", type(plugin).__name__))
+    registry = plugins.registry
+    if registry.failures:
+        raise PluginError("; ".join(f.reason for f in registry.failures))
+    return registry.all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Params
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_params(component: Component, example: dict[str, Any] | None = None) -> BaseModel:
+    """The params model validates ``example`` (default: ``{}``, i.e. its defaults), round-trips through its JSON
+    dump, rejects an unknown key, and rejects a value of the wrong type for every field."""
+    model = component.params
+    try:
+        params = model.model_validate(example or {})
+    except ValidationError as exc:
+        raise _fail(component, f"params {example or {}!r} do not validate (give required params as `example`): "
+                               f"{exc}") from None
+    dumped = params.model_dump(mode="json")
+    if model.model_validate(dumped) != params:
+        raise _fail(component, f"params do not survive a JSON round trip: {dumped!r}")
+    try:
+        model.model_validate({**dumped, "kdlab_no_such_param": 1})
+    except ValidationError:
+        pass
+    else:
+        raise _fail(component, f"{model.__name__} accepts unknown keys, so a user's typo goes unnoticed: set "
+                               "model_config = ConfigDict(extra='forbid')")
+    for field in model.model_fields:
+        for wrong in WRONG_VALUES:
+            try:
+                model.model_validate({**dumped, field: wrong})
+            except ValidationError:
+                break
+        else:
+            raise _fail(component, f"param {field!r} accepts values of any type ({WRONG_VALUES!r}): give it a type")
+    return params
+
+
+def _params(component: Component, example: dict[str, Any] | None) -> BaseModel:
+    return check_params(component, example)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_data(component: Component, example: dict[str, Any] | None = None, *, seed: int = 0) -> Data:
+    """The factory builds a :class:`kdlab.Data`: labelled train/val/test splits (and an optional unlabeled
+    transfer split) with float32 inputs of one shape, int64 labels in ``[0, num_classes)``, and the same tensors
+    when built again with the same params and seed."""
+    import torch
+
+    from kdlab.types import Data, Split
+
+    params = _params(component, example)
+    data = component.build(params, seed=seed)
+    if not isinstance(data, Data):
+        raise _fail(component, f"factory returned {type(data).__name__}, expected kdlab.Data")
+    if not (isinstance(data.num_classes, int) and data.num_classes >= 2):
+        raise _fail(component, f"num_classes={data.num_classes!r}: expected an int >= 2")
+    shape = None
+    for split_name, split in data.splits().items():
+        where = f"split {split_name!r}"
+        if not isinstance(split, Split):
+            raise _fail(component, f"{where} is {type(split).__name__}, expected kdlab.Split")
+        if not isinstance(split.x, torch.Tensor) or split.x.dtype != torch.float32 or split.x.ndim < 2:
+            raise _fail(component, f"{where}: x must be a float32 tensor of shape (N, *input_shape), got "
+                                   f"{getattr(split.x, 'dtype', type(split.x))} {tuple(getattr(split.x, 'shape', ()))}")
+        if len(split) == 0:
+            raise _fail(component, f"{where} is empty")
+        if shape is None:
+            shape = tuple(split.x.shape[1:])
+        elif tuple(split.x.shape[1:]) != shape:
+            raise _fail(component, f"{where}: input shape {tuple(split.x.shape[1:])} differs from train's {shape}")
+        if not torch.isfinite(split.x).all():
+            raise _fail(component, f"{where}: x holds NaN or infinite values")
+        if split_name == "transfer":
+            if split.y is not None:
+                raise _fail(component, "split 'transfer' must be unlabeled (y=None)")
+            continue
+        y = split.y
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or tuple(y.shape) != (len(split),):
+            raise _fail(component, f"{where}: y must be an int64 tensor of shape ({len(split)},), got "
+                                   f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
+        if int(y.min()) < 0 or int(y.max()) >= data.num_classes:
+            raise _fail(component, f"{where}: labels span [{int(y.min())}, {int(y.max())}], expected "
+                                   f"[0, {data.num_classes})")
+    again = component.build(_params(component, example), seed=seed)
+    for split_name, split in data.splits().items():
+        other = again.splits().get(split_name)
+        same = other is not None and torch.equal(split.x, other.x) and (
+            (split.y is None and other.y is None) or (split.y is not None and other.y is not None
+                                                      and torch.equal(split.y, other.y)))
+        if not same:
+            raise _fail(component, f"split {split_name!r} differs between two builds with seed={seed}: "
+                                   "seed every random number generator you use")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Teacher and student models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_model(component: Component, example: dict[str, Any] | None = None, *,
+                input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, batch_size: int = 4) -> nn.Module:
+    """The factory builds a ``torch.nn.Module`` that maps a batch ``(N, *input_shape)`` to finite logits
+    ``(N, num_classes)``, in training and in eval mode, and whose parameters receive gradients."""
+    import torch
+    from torch import nn
+
+    params = _params(component, example)
+    model = component.build(params, input_shape=tuple(input_shape), num_classes=num_classes)
+    if not isinstance(model, nn.Module):
+        raise _fail(component, f"factory returned {type(model).__name__}, expected a torch.nn.Module")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise _fail(component, "the model has no trainable parameters")
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    model.train()
+    out = model(x)
+    expected = (batch_size, num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        raise _fail(component, f"input {tuple(x.shape)} gave {tuple(getattr(out, 'shape', ())) or type(out).__name__}"
+                               f", expected logits of shape {expected}")
+    if not torch.isfinite(out).all():
+        raise _fail(component, "logits hold NaN or infinite values")
+    out.float().logsumexp(1).sum().backward()
+    if not any(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable):
+        raise _fail(component, "no parameter received a finite gradient from the logits")
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:1])
+    if tuple(out.shape) != (1, num_classes):
+        raise _fail(component, f"in eval mode a batch of 1 gave {tuple(out.shape)}, expected {(1, num_classes)}")
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_net(input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
+    """A student/teacher stand-in named as kdlab's first-party models are: ``blocks.0``, ``blocks.1``, ``head``."""
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.Sequential(
+                nn.Sequential(nn.Linear(math.prod(input_shape), width), nn.ReLU()),
+                nn.Sequential(nn.Linear(width, width), nn.ReLU()),
+            )
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.head(self.blocks(x.flatten(1)))
+
+    return TinyNet()
+
+
+def check_loss(component: Component, example: dict[str, Any] | None = None, *,
+               student: nn.Module | None = None, teacher: nn.Module | None = None,
+               input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, batch_size: int = 8) -> Loss:
+    """The factory builds a :class:`kdlab.Loss`; after ``setup``, ``forward`` returns a :class:`kdlab.LossOutput`
+    with finite scalar named terms and a finite scalar total whose gradient reaches the student, also for a batch
+    whose rows are partly unlabeled (label :data:`kdlab.UNLABELED`).
+
+    ``student``/``teacher`` default to small MLPs whose modules are named ``blocks.0``, ``blocks.1`` and ``head``
+    like kdlab's own models; pass your own when the loss's layers are named otherwise.
+    """
+    import torch
+
+    from kdlab.training import FeatureCapture
+    from kdlab.types import UNLABELED, Loss, LossInputs, LossOutput, LossSetup
+
+    params = _params(component, example)
+    loss = component.build(params)
+    if not isinstance(loss, Loss):
+        raise _fail(component, f"factory returned {type(loss).__name__}, expected a kdlab.Loss")
+    torch.manual_seed(0)
+    student = student if student is not None else _tiny_net(input_shape, num_classes)
+    teacher = teacher if teacher is not None else _tiny_net(input_shape, num_classes, width=32)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(batch_size, *input_shape)
+
+    def build_model(kind: str, name: str, model_params: dict[str, Any]) -> nn.Module:
+        return _tiny_net(input_shape, num_classes)
+
+    loss.setup(LossSetup(student=student, teacher=teacher if loss.uses_teacher else None, input_shape=input_shape,
+                         num_classes=num_classes, device=torch.device("cpu"), build_model=build_model,
+                         example_x=x))
+    labels = torch.arange(batch_size) % num_classes
+    for name, y in (("labelled", labels), ("partly unlabeled", torch.where(labels % 2 == 0, labels, UNLABELED))):
+        student.zero_grad(set_to_none=True)
+        s_cap = FeatureCapture(student, loss.student_layers, key="student_layers", owner="the student")
+        t_cap = FeatureCapture(teacher, loss.teacher_layers, key="teacher_layers", owner="the teacher")
+        try:
+            s_logits = student(x)
+            with torch.no_grad():
+                t_logits = teacher(x) if loss.uses_teacher else None
+            inputs = LossInputs(x=x, labels=y, student_logits=s_logits, teacher_logits=t_logits,
+                                student_features=s_cap.take(), teacher_features=t_cap.take(), epoch=1, epochs=2)
+        finally:
+            s_cap.close()
+            t_cap.close()
+        out = loss(inputs)
+        if not isinstance(out, LossOutput):
+            raise _fail(component, f"forward returned {type(out).__name__}, expected kdlab.LossOutput")
+        if not out.terms:
+            raise _fail(component, "LossOutput.terms is empty: name at least one term (kdlab logs each one)")
+        for term, value in {**out.terms, "total": out.total}.items():
+            if not isinstance(term, str) or not term:
+                raise _fail(component, f"term name {term!r} is not a non-empty string")
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise _fail(component, f"term {term!r} is {type(value).__name__} "
+                                       f"{tuple(getattr(value, 'shape', ()))}, expected a scalar tensor")
+            if not torch.isfinite(value).all():
+                raise _fail(component, f"term {term!r} is {float(value)} on a {name} batch")
+        out.total.backward()
+        if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()):
+            raise _fail(component, f"the total's gradient does not reach the student on a {name} batch")
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Any component
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_component(component: Component, example: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Run the check for the component's kind: :func:`check_data`, :func:`check_model` (teacher and student)
+    or :func:`check_loss`. Keyword arguments go to that check."""
+    if component.kind == "data":
+        return check_data(component, example, **kwargs)
+    if component.kind in ("teacher", "student"):
+        return check_model(component, example, **kwargs)
+    if component.kind == "loss":
+        return check_loss(component, example, **kwargs)
+    raise ValueError(f"unknown component kind {component.kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pytest plugin (entry point ``pytest11``)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the checks work without pytest; only the fixture needs it
+    pytest = None
+
+
+def kdlab_plugins():
+    """kdlab's process-wide plugin manager; plugins a test registers with ``kdlab_plugins.register(obj, name)``
+    are unregistered after the test."""
+    from kdlab.plugins import get_plugins
+
+    plugins = get_plugins()
+    before = set(plugins.info)
+    yield plugins
+    for name in set(plugins.info) - before:
+        plugins.unregister(name)
+
+
+if pytest is not None:
+    kdlab_plugins = pytest.fixture(kdlab_plugins)
