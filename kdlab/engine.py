@@ -13,6 +13,7 @@ from torch import nn
 from kdlab import __version__
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.errors import KdlabError
+from kdlab.multiteacher import teacher_builder
 from kdlab.plugins import get_plugins
 from kdlab.teacher import (
     Teacher, build_model, cached_teacher, data_fingerprint, load_from_mlflow, load_state_dict_file, load_weights,
@@ -300,6 +301,7 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
         num_classes=data.num_classes, device=device, build_model=_model_builder(data, device),
         student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
+        build_teacher=teacher_builder(loaded, data, device, session, track=track, reporter=reporter),
     ))
     loss.to(device)
     fit_model = torch.compile(student) if tcfg.compile else student

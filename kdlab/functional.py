@@ -29,4 +29,20 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(1) == labels).float().mean()
 
 
-__all__ = ["masked_cross_entropy", "soft_kl", "accuracy", "torch"]
+@torch.no_grad()
+def layer_outputs(model: torch.nn.Module, x: Tensor, layers: tuple[str, ...] | list[str], *,
+                  owner: str = "the model", key: str = "loss.params") -> dict[str, Tensor]:
+    """Outputs of the modules at dotted paths ``layers`` for one forward pass of ``model`` over ``x`` (no grad,
+    model mode unchanged), e.g. to size an adapter in :meth:`kdlab.Loss.setup`. A path that does not exist raises
+    :class:`kdlab.KdlabError` naming ``key`` and listing the model's module names."""
+    from kdlab.training import FeatureCapture
+
+    capture = FeatureCapture(model, tuple(layers), key=key, owner=owner)
+    try:
+        model(x)
+        return capture.take()
+    finally:
+        capture.close()
+
+
+__all__ = ["masked_cross_entropy", "soft_kl", "accuracy", "layer_outputs", "torch"]

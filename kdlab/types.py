@@ -105,6 +105,10 @@ class LossSetup:
     student_config: dict[str, Any] = field(default_factory=dict)
     #: one example batch of training inputs, to infer adapter shapes by a forward pass
     example_x: Tensor | None = None
+    #: ``build_teacher(spec)`` gives another frozen teacher in eval mode, for multi-teacher losses: ``spec`` is a
+    #: ``teacher:`` section (``{name, params, checkpoint | mlflow_uri | training}``); it is loaded, or trained and
+    #: tracked once and reused, exactly as the configured teacher is.
+    build_teacher: Callable[[dict[str, Any]], nn.Module] | None = None
 
 
 class Loss(nn.Module):

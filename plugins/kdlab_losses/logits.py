@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 import kdlab
@@ -46,3 +48,99 @@ class HintonKD(kdlab.Loss):
         kd = soft_kl(inputs.student_logits, inputs.teacher_logits, self.temperature)
         total = (1 - self.alpha) * ce + self.alpha * kd
         return kdlab.LossOutput(total=total, terms={"ce": ce, "kd": kd})
+
+
+class HardParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the CE on the teacher's argmax (1-alpha on the "
+                                                      "true labels); DeiT uses 0.5")
+
+
+class HardKD(kdlab.Loss):
+    """Hard-label distillation (Touvron et al. 2021, "Training data-efficient image transformers & distillation
+    through attention", DeiT): the teacher's argmax is a pseudo-label,
+    ``(1-alpha)*CE(y, s) + alpha*CE(argmax t, s)``. Unlabeled rows get the pseudo-label term only."""
+
+    def __init__(self, params: HardParams):
+        super().__init__()
+        self.alpha = params.alpha
+
+    def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        hard = F.cross_entropy(inputs.student_logits, inputs.teacher_logits.argmax(1))
+        total = (1 - self.alpha) * ce + self.alpha * hard
+        return kdlab.LossOutput(total=total, terms={"ce": ce, "hard": hard})
+
+
+class LSParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon: float = Field(0.1, ge=0, lt=1, description="probability mass spread uniformly over the classes "
+                                                        "(Szegedy et al. use 0.1)")
+
+
+class LabelSmoothing(kdlab.Loss):
+    """Label smoothing (Szegedy et al. 2016, "Rethinking the Inception Architecture for Computer Vision"):
+    cross-entropy against ``(1-epsilon)*onehot(y) + epsilon/K``. No teacher: the baseline that tells a soft-target
+    gain from a mere regularisation gain (Yuan et al. 2020, "Revisiting Knowledge Distillation via Label Smoothing
+    Regularization")."""
+
+    uses_teacher = False
+
+    def __init__(self, params: LSParams):
+        super().__init__()
+        self.epsilon = params.epsilon
+
+    def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=self.epsilon)
+        return kdlab.LossOutput(total=ce, terms={"ce": ce})
+
+
+class DKDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.0, ge=0, description="weight of TCKD, the target-class (binary) term")
+    beta: float = Field(8.0, ge=0, description="weight of NCKD, the non-target-class term")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T")
+    ce_weight: float = Field(1.0, ge=0, description="weight of the cross-entropy on the labels")
+    warmup_epochs: int = Field(0, ge=0, description="epochs over which the KD terms ramp up linearly from 0 "
+                                                    "(the paper uses 20 of 240; 0: no warm-up)")
+
+
+class DKD(kdlab.Loss):
+    """Decoupled Knowledge Distillation (Zhao et al. CVPR 2022): KD split into TCKD, a binary KL over
+    (target, rest), and NCKD, a KL over the non-target classes only, weighted independently:
+    ``ce_weight*CE + w(epoch)*T^2*(alpha*TCKD + beta*NCKD)``. Defaults are the paper's CIFAR-100 ones.
+    The target class of an unlabeled row is the teacher's argmax."""
+
+    def __init__(self, params: DKDParams):
+        super().__init__()
+        self.p = params
+
+    def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
+        s, t = inputs.student_logits, inputs.teacher_logits.float()
+        target = torch.where(inputs.labeled, inputs.labels, t.argmax(1))
+        tckd, nckd = dkd_terms(s, t, target, self.p.temperature)
+        ce = masked_cross_entropy(s, inputs.labels)
+        warm = min(inputs.epoch / self.p.warmup_epochs, 1.0) if self.p.warmup_epochs else 1.0
+        t2 = self.p.temperature ** 2
+        total = self.p.ce_weight * ce + warm * t2 * (self.p.alpha * tckd + self.p.beta * nckd)
+        return kdlab.LossOutput(total=total, terms={"ce": ce, "tckd": tckd, "nckd": nckd})
+
+
+def dkd_terms(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, temperature: float):
+    """(TCKD, NCKD), each a batch-mean KL at ``temperature`` without the ``T^2`` factor."""
+    gt = F.one_hot(target, s.shape[1]).bool()
+    log_ps, log_pt = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
+
+    def binary(log_p):  # log of (p_target, p_rest), computed in log space
+        return torch.stack([log_p[gt], log_p.masked_fill(gt, float("-inf")).logsumexp(1)], 1)
+
+    bs, bt = binary(log_ps), binary(log_pt)
+    tckd = (bt.exp() * (bt - bs)).sum(1).mean()
+    # a large finite negative (not -inf) keeps 0 * log 0 terms at 0 rather than NaN
+    log_ns = F.log_softmax(s.masked_fill(gt, -1e4) / temperature, 1)
+    log_nt = F.log_softmax(t.masked_fill(gt, -1e4) / temperature, 1)
+    nckd = (log_nt.exp() * (log_nt - log_ns)).sum(1).mean()
+    return tckd, nckd
