@@ -55,6 +55,7 @@ class RunOptions:
     reporter: Reporter = field(default_factory=NullReporter)
     log_model: bool | None = None  # None: tracking.log_model
     device: str | None = None  # overrides training.device (study workers)
+    params: dict[str, Any] = field(default_factory=dict)  # extra MLflow params (e.g. trial_number)
 
 
 @dataclass
@@ -330,6 +331,7 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         if tracked:
             tracked.log_metrics(metrics)
             tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
+            _log_state_dict(tracked, student, "student")
             log_model = cfg.tracking.log_model if options.log_model is None else options.log_model
             if log_model:
                 tracked.log_model(student, "student", data.train.x[:8].to(device))
@@ -340,6 +342,7 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TrialPruned" else "FAILED"
         if tracked:
             tracked.set_tags({"kdlab.status_reason": f"{type(exc).__name__}: {exc}"[:5000]})
+            exc.kdlab_run_id = tracked.run_id  # lets a study tag the failed trial's run
         raise
     finally:
         reporter.done()
@@ -414,6 +417,17 @@ def _start_run(loaded: LoadedConfig, options: RunOptions, session: Session, teac
     tracked = tracker.start(name, tags=tags, parent_run_id=options.parent_run_id,
                             flush_every_s=cfg.tracking.flush_every_s)
     flat = flatten({k: v for k, v in cfg.resolved_dict().items() if k not in ("study", "tracking")})
-    tracked.log_params(flat)
+    tracked.log_params({**flat, **options.params})
     del plugins
     return tracked
+
+
+def _log_state_dict(tracked: Any, model: nn.Module, folder: str) -> None:
+    """The weights as ``<folder>/state_dict.pt`` (cheap; loadable with weights_only, e.g. as a later teacher)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+        tracked.log_artifact(path, folder)

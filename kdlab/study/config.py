@@ -1,0 +1,299 @@
+"""The ``study:`` section of a config file: its pydantic models, validation and the search space."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdlab.config import LoadedConfig, Problem, problems_from_validation, register_title
+from kdlab.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Dim(_Strict):
+    when: dict[str, Any] | None = Field(
+        None, description="sample only in trials where these keys took these values (a value or a list of values)")
+
+
+class FloatDim(_Dim):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    def suggest(self, trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list[Any]:
+        if self.step is None:
+            raise ValueError("the grid sampler needs `step` on float dimensions")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return [round(self.low + i * self.step, 12) for i in range(n)]
+
+    def example(self) -> Any:
+        return self.low
+
+
+class IntDim(_Dim):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.log and self.step != 1:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    def suggest(self, trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
+    def example(self) -> Any:
+        return self.low
+
+
+class CategoricalDim(_Dim):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    def suggest(self, trial, name: str) -> Any:
+        # Optuna stores categorical choices as None/bool/int/float/str; lists (e.g. hidden widths) go as YAML text
+        encoded = [c if isinstance(c, (type(None), bool, int, float, str)) else _yaml(c) for c in self.choices]
+        value = trial.suggest_categorical(name, encoded)
+        return self.choices[encoded.index(value)]
+
+    def grid(self) -> list[Any]:
+        return [c if isinstance(c, (type(None), bool, int, float, str)) else _yaml(c) for c in self.choices]
+
+    def example(self) -> Any:
+        return self.choices[0]
+
+
+def _yaml(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip()
+
+
+Dimension = Annotated[Union[FloatDim, IntDim, CategoricalDim], Field(discriminator="type")]
+
+
+class Objective(_Strict):
+    metric: str = "val_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
+    seed: int | None = Field(0, description="sampler seed (worker i uses seed + i)")
+    n_startup_trials: int = Field(8, ge=0, description="TPE/CMA-ES random trials before modelling")
+
+
+class PrunerConfig(_Strict):
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
+    n_warmup_steps: int = Field(5, ge=0, description="median: epochs before a trial can be pruned")
+    min_resource: int = Field(3, ge=1, description="hyperband: minimum epochs")
+
+
+#: metrics an objective may name (final metrics; test metrics are recorded, never optimised)
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "agreement", "student_params", "compression_ratio", "train_time_s",
+                     "teacher_val_accuracy")
+#: metrics also reported each epoch, so that a pruner can act on them
+PER_EPOCH_METRICS = ("val_accuracy", "val_loss")
+
+
+class StudyConfig(_Strict):
+    name: str | None = Field(None, description="study name (default: the file's stem); also the MLflow experiment")
+    n_trials: int = Field(20, gt=0, description="total trials of the study (a resumed study runs the rest)")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
+    search: dict[str, Dimension] = Field(default_factory=dict)
+    objective: Objective | list[Objective] = Field(default_factory=Objective)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    storage: str | None = Field(None, description="Optuna storage URL or journal file (default: $KDLAB_HOME/optuna.journal)")
+    devices: Literal["auto", "cpu"] | list[str] = "auto"
+    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per 2 CPU cores")
+    baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
+    log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
+
+
+register_title(StudyConfig)
+
+
+class LoadedStudy:
+    def __init__(self, loaded: LoadedConfig, study: StudyConfig):
+        self.loaded = loaded
+        self.study = study
+
+    @property
+    def name(self) -> str:
+        return self.study.name or Path(self.loaded.name).stem
+
+    @property
+    def conditional(self) -> bool:
+        return "loss.name" in self.study.search or any(d.when for d in self.study.search.values())
+
+
+def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
+    """Validate the ``study:`` section of a loaded run config, including every search key against the config."""
+    source = loaded.source
+    raw = loaded.config.study
+    if raw is None:
+        raise ConfigError(source.name, [Problem("study", "this file has no `study:` section (see docs/studies.md)", has_value=False)])
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source.name, problems_from_validation(exc, prefix=("study",), source=source)) from None
+    problems = []
+    loss_choices = None
+    if "loss.name" in study.search:
+        dim = study.search["loss.name"]
+        if not isinstance(dim, CategoricalDim):
+            problems.append(Problem("study.search.loss.name", "loss.name is searched as `type: categorical` with choices", dim.type))
+        else:
+            loss_choices = dim.choices
+    for key, dim in study.search.items():
+        line = source.line_of(("study", "search", key))
+        for cond_key in (dim.when or {}):
+            if cond_key not in study.search:
+                problems.append(Problem(f"study.search.{key}.when", f"condition on {cond_key!r}, which is not searched", cond_key, line=line))
+        problems += _check_key(loaded, key, dim, loss_choices, line)
+    for obj in study.objectives:
+        if obj.metric.startswith("test_"):
+            problems.append(Problem("study.objective.metric", "test metrics are recorded but never drive the search; "
+                                    "use a validation metric such as val_accuracy", obj.metric))
+        elif obj.metric not in OBJECTIVE_METRICS:
+            problems.append(Problem("study.objective.metric", f"expected one of {', '.join(OBJECTIVE_METRICS)}", obj.metric))
+    if len(study.objectives) > 1 and study.sampler.name == "cmaes":
+        problems.append(Problem("study.sampler.name", "CMA-ES is single-objective; use tpe or nsga2 for several objectives", "cmaes"))
+    if study.sampler.name == "grid":
+        for key, dim in study.search.items():
+            try:
+                dim.grid()
+            except ValueError as exc:
+                problems.append(Problem(f"study.search.{key}", str(exc), dim.model_dump()))
+    if isinstance(study.devices, list):
+        from kdlab.config import _DEVICE
+
+        for i, d in enumerate(study.devices):
+            if not _DEVICE.match(d) or d == "auto":
+                problems.append(Problem(f"study.devices.{i}", "expected cpu, cuda or cuda:N", d))
+    if problems:
+        raise ConfigError(source.name, problems)
+    return LoadedStudy(loaded, study)
+
+
+def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any] | None, line: int | None) -> list[Problem]:
+    """A search key must be a config key: try its values on the base config and validate."""
+    from kdlab.config import load_config
+
+    if key.startswith("study.") or key.startswith("tracking."):
+        return [Problem(f"study.search.{key}", "study and tracking settings cannot be searched", key, line=line)]
+    values = dim.choices if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
+    contexts: list[dict[str, Any]] = [{}]
+    if key.startswith("loss.params.") and loss_choices is not None:
+        # a loss param is searched only in trials whose loss has it: it must exist in at least one of them
+        param = key.split(".", 2)[2]
+        owners = []
+        for name in loss_choices:
+            try:
+                comp = loaded.components["loss"] if name == loaded.config.loss.name else _registry().get("loss", name)
+            except LookupError:
+                continue
+            if param in comp.params.model_fields:
+                owners.append(name)
+        if not owners:
+            return [Problem(f"study.search.{key}", f"none of the searched losses ({', '.join(map(str, loss_choices))}) "
+                            f"has a param {param!r}", key, line=line)]
+        contexts = [{"loss.name": o, "loss.params": {}} for o in owners[:1]]
+    out = []
+    for ctx in contexts:
+        for v in values[:4]:
+            try:
+                load_config(loaded.source, registry=_registry(), overrides={**ctx, key: v})
+            except ConfigError as exc:
+                bad = [p for p in exc.problems]
+                msg = "; ".join(f"{p.key}: {p.message}" for p in bad)
+                return [Problem(f"study.search.{key}", f"value {v!r} does not make a valid config ({msg})", v, line=line)]
+    return out
+
+
+def _registry():
+    from kdlab.plugins import get_registry
+
+    return get_registry()
+
+
+def active(dim: Any, chosen: dict[str, Any]) -> bool:
+    if not dim.when:
+        return True
+    for k, want in dim.when.items():
+        wants = want if isinstance(want, list) else [want]
+        if chosen.get(k) not in wants:
+            return False
+    return True
+
+
+def sample(study: LoadedStudy, trial) -> dict[str, Any]:
+    """Sample the search space for one trial: ``loss.name`` first, then everything active in that trial.
+
+    When ``loss.name`` is searched, ``loss.params.X`` is sampled only in trials whose loss has a param ``X``, and
+    the loss's other params take their defaults (not the base config's, which belong to another loss).
+    """
+    space = study.study.search
+    chosen: dict[str, Any] = {}
+    order = sorted(space, key=lambda k: (k != "loss.name", bool(space[k].when), k))
+    loss_params = None
+    for key in order:
+        dim = space[key]
+        if not active(dim, chosen):
+            continue
+        if key.startswith("loss.params.") and "loss.name" in chosen:
+            if loss_params is None:
+                loss_params = set(_registry().get("loss", chosen["loss.name"]).params.model_fields)
+            if key.split(".", 2)[2] not in loss_params:
+                continue
+        chosen[key] = dim.suggest(trial, key)
+    return chosen
+
+
+def trial_overrides(study: LoadedStudy, chosen: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides for one trial. A loss chosen by the search starts from its own defaults (plus the base
+    config's params when it is the base config's loss)."""
+    out: dict[str, Any] = {}
+    base = study.loaded.config.loss
+    if "loss.name" in chosen:
+        out["loss.params"] = dict(base.params) if chosen["loss.name"] == base.name else {}
+    out.update(chosen)
+    return out
