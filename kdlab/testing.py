@@ -19,6 +19,9 @@ torch; it is also a pytest plugin (entry point ``pytest11``) that provides the `
 from __future__ import annotations
 
 import math
+import os
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConformanceError", "components_of", "check_component", "check_params", "check_data", "check_model",
-    "check_loss", "WRONG_VALUES",
+    "check_loss", "write_distribution", "WRONG_VALUES",
 ]
 
 #: Values of the wrong type that every params field must reject (at least one of them): a YAML string, mapping
@@ -307,6 +310,31 @@ def check_component(component: Component, example: dict[str, Any] | None = None,
     if component.kind == "loss":
         return check_loss(component, example, **kwargs)
     raise ValueError(f"unknown component kind {component.kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Installing a plugin the way pip does
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def write_distribution(folder: str | os.PathLike, distribution: str, version: str,
+                       entry_points: dict[str, str], files: dict[str, str] | None = None) -> Path:
+    """Write what ``pip install`` leaves in site-packages: ``files`` (relative path -> text) and a
+    ``<name>-<version>.dist-info`` folder with ``METADATA`` and ``entry_points.txt`` listing ``entry_points``
+    (name -> ``module`` or ``module:object``) in the ``kdlab`` group. Put ``folder`` on ``sys.path`` (or
+    ``PYTHONPATH``) and call :func:`kdlab.plugins.reset_plugins`: kdlab then discovers the plugin as if installed.
+    Returns the dist-info folder."""
+    root = Path(folder)
+    for rel, text in (files or {}).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    info = root / f"{re.sub(r'[-_.]+', '_', distribution)}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(
+        "[kdlab]\n" + "".join(f"{name} = {target}\n" for name, target in entry_points.items()))
+    return info
 
 
 # ----------------------------------------------------------------------------------------------------------------
