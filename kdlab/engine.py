@@ -195,8 +195,8 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         path = store_teacher(fp, model, {"run_id": tracked.run_id if tracked else None, "metrics": metrics,
                                          "name": cfg.name, "params": cfg.params})
         if tracked:
-            tracked.log_metrics({**metrics, "test_accuracy": metrics["teacher_test_accuracy"],
-                                 "val_accuracy": metrics["teacher_val_accuracy"]})
+            # val_accuracy is not re-logged: its per-epoch series already holds it (at step best_epoch)
+            tracked.log_metrics({**metrics, "test_accuracy": metrics["teacher_test_accuracy"]})
             tracked.log_text(resolved_teacher_yaml(loaded), "config.yaml")
             tracked.log_artifact(path, "teacher")
             if loaded.config.tracking.log_model:
@@ -329,7 +329,9 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         metrics["train_time_s"] = result.train_time_s
         metrics["best_epoch"] = float(result.best_epoch)
         if tracked:
-            tracked.log_metrics(metrics)
+            # a final metric with a per-epoch series (val_accuracy) is not logged again: that would add a point
+            # to the curve; the kept weights' value is the curve's value at step best_epoch
+            tracked.log_metrics({k: v for k, v in metrics.items() if k not in result.history[-1]})
             tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
             _log_state_dict(tracked, student, "student")
             log_model = cfg.tracking.log_model if options.log_model is None else options.log_model

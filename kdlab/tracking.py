@@ -139,6 +139,7 @@ class TrackedRun:
 
     def log_model(self, model: Any, name: str, example_x: Any) -> None:
         """``mlflow.pytorch.log_model`` with a signature inferred from numpy example inputs and outputs."""
+        import mlflow
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
@@ -148,6 +149,10 @@ class TrackedRun:
         with torch.inference_mode():
             out = model(example)
         signature = infer_signature(example.numpy(), out.float().numpy())
+        # MLflow 3 files a logged model under the *active* experiment (the Default one, with artifacts under the
+        # working directory's ./mlruns, unless set), not under its source run's experiment: set it explicitly.
+        mlflow.set_tracking_uri(self.tracker.uri)
+        mlflow.set_experiment(experiment_id=self.tracker.experiment_id)
         # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
         _retry(
             mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
