@@ -10,7 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 import kdlab
@@ -96,6 +96,13 @@ class ATParams(BaseModel):
     resize: bool = Field(True, description="resample maps of different lengths to the shorter one (adaptive "
                                            "average pooling); false: such pairs are an error")
 
+    @model_validator(mode="after")
+    def _pairs(self) -> ATParams:
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(f"student_layers ({len(self.student_layers)}) and teacher_layers "
+                             f"({len(self.teacher_layers)}) must pair up: give as many of each")
+        return self
+
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Zagoruyko and Komodakis's activation-based spatial attention: ``mean_c |F_c|^p`` over the channels of a
@@ -115,9 +122,6 @@ class AttentionTransfer(kdlab.Loss):
 
     def __init__(self, params: ATParams):
         super().__init__()
-        if len(params.student_layers) != len(params.teacher_layers):
-            raise ValueError(f"student_layers ({len(params.student_layers)}) and teacher_layers "
-                             f"({len(params.teacher_layers)}) must pair up: give as many of each")
         self.p = params
         self.student_layers = tuple(params.student_layers)
         self.teacher_layers = tuple(params.teacher_layers)

@@ -7,6 +7,7 @@ evaluated and kept at the end.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -25,9 +26,16 @@ class ModelSpec(BaseModel):
 
 
 def _build(ctx: kdlab.LossSetup, spec: ModelSpec | None) -> nn.Module:
-    if spec is None:  # the student's own architecture and params
+    if spec is not None:
+        return ctx.build_model("student", spec.name, spec.params)
+    if "name" in ctx.student_config:  # the student's own architecture and params, freshly initialised
         return ctx.build_model("student", ctx.student_config["name"], ctx.student_config.get("params") or {})
-    return ctx.build_model("student", spec.name, spec.params)
+    # no config to build from: a copy of the student, re-initialised (identical peers would stay identical)
+    peer = copy.deepcopy(ctx.student)
+    for module in peer.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return peer
 
 
 class DMLParams(BaseModel):
