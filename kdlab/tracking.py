@@ -149,14 +149,18 @@ class TrackedRun:
         with torch.inference_mode():
             out = model(example)
         signature = infer_signature(example.numpy(), out.float().numpy())
-        # MLflow 3 files a logged model under the *active* experiment (the Default one, with artifacts under the
-        # working directory's ./mlruns, unless set), not under its source run's experiment: set it explicitly.
-        mlflow.set_tracking_uri(self.tracker.uri)
-        mlflow.set_experiment(experiment_id=self.tracker.experiment_id)
+        # MLflow 3 files a new logged model under the process's *active* experiment (the Default one, with its
+        # artifacts in the working directory's ./mlruns, unless set), not under its source run's experiment.
+        # Create it in the run's experiment ourselves (as log_model would, with the run's params) and hand it over,
+        # instead of setting global fluent state.
+        mlflow.set_tracking_uri(self.tracker.uri)  # log_model writes through the fluent tracking URI
+        run_params = _retry(self.client.get_run, self.run_id).data.params
+        logged = _retry(self.client.create_logged_model, self.tracker.experiment_id, name=name,
+                        source_run_id=self.run_id, params=dict(run_params))
         # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
         _retry(
             mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-            input_example=example.numpy(), serialization_format="pt2",
+            input_example=example.numpy(), serialization_format="pt2", model_id=logged.model_id,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 

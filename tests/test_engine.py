@@ -1,0 +1,336 @@
+"""End-to-end distillation runs: what `kdlab run` leaves in MLflow, repeatability, teacher reuse and teacher sources
+(checkpoint, MLflow URI), the transfer split, devices."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from conftest import tiny_digits_config
+
+import kdlab
+from kdlab.cli import main
+from kdlab.config import load_config
+from kdlab.engine import RunOptions, Session, run
+from kdlab.errors import KdlabError
+from kdlab.paths import default_tracking_uri
+
+FINAL = ("test_accuracy", "teacher_test_accuracy", "student_params", "teacher_params", "compression_ratio", "agreement")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads spin against other processes (100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made, once: creating one takes seconds (schema migrations)."""
+    from kdlab.tracking import Tracker
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}", "template")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_db(kdlab_home: Path, empty_mlflow_db: Path) -> None:
+    """Each test still gets its own store (a copy of the empty one) under its own KDLAB_HOME."""
+    kdlab_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_mlflow_db, kdlab_home / "mlflow.db")
+
+
+def _client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(default_tracking_uri())
+
+
+def _runs(role: str | None = None, experiment: str = "test") -> list:
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in runs if role is None or r.data.tags.get("kdlab.role") == role]
+
+
+def _kdlab_run(write_config, cfg: dict, *extra: str, name: str = "run.yaml") -> None:
+    assert main(["run", str(write_config(cfg, name)), "--quiet", *extra]) == 0
+
+
+def _load(write_config, cfg: dict, name: str = "run.yaml"):
+    return load_config(write_config(cfg, name))
+
+
+def test_kdlab_run_leaves_a_complete_mlflow_run(write_config, capsys, kdlab_home):
+    _kdlab_run(write_config, tiny_digits_config())
+    out = capsys.readouterr().out
+    assert "test_accuracy=" in out and "agreement=" in out
+    assert (kdlab_home / "mlflow.db").exists()
+
+    (student,) = _runs("student")
+    (teacher,) = _runs("teacher")
+    assert student.info.status == "FINISHED" and teacher.info.status == "FINISHED"
+    m = student.data.metrics
+    for name in FINAL:
+        assert name in m, name
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["agreement"] <= 1.0
+    assert m["teacher_test_accuracy"] > 0.8  # a 64-unit MLP learns digits in 3 epochs
+    assert m["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert m["teacher_params"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert m["compression_ratio"] == pytest.approx(m["teacher_params"] / m["student_params"])
+
+    client = _client()
+    # per-epoch curves: one point per epoch, steps 1..epochs
+    for name in ("val_accuracy", "val_loss", "train_loss", "train_kd", "train_ce"):
+        history = client.get_metric_history(student.info.run_id, name)
+        assert sorted(h.step for h in history) == [1, 2, 3], name
+    assert [h.step for h in client.get_metric_history(teacher.info.run_id, "val_accuracy")] == [1, 2, 3]
+
+    # params: flattened dotted keys as in the YAML
+    p = student.data.params
+    assert p["loss.name"] == "kd" and float(p["loss.params.temperature"]) == 4.0
+    assert float(p["loss.params.alpha"]) == 0.9 and p["student.params.hidden"] == "[16]"
+    assert p["training.epochs"] == "3" and float(p["optimizer.lr"]) == 0.01 and p["data.name"] == "digits"
+
+    # artifacts: the resolved config
+    artifacts = {a.path for a in client.list_artifacts(student.info.run_id)}
+    assert "config.yaml" in artifacts
+    resolved = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{student.info.run_id}/config.yaml"))
+    assert resolved["loss"] == {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}}
+    assert resolved["student"]["params"]["activation"] == "relu"  # plugin defaults are resolved
+
+    # the student links to its teacher's run
+    tags = student.data.tags
+    assert tags["kdlab.teacher_run_id"] == teacher.info.run_id
+    assert tags["kdlab.teacher_source"] == "trained" and tags["kdlab.seed"] == "0"
+    assert teacher.data.tags["kdlab.role"] == "teacher"
+    assert tags["kdlab.plugin.loss"].startswith("kdlab-losses")
+    assert {a.path for a in client.list_artifacts(teacher.info.run_id, "teacher")} >= {"teacher/state_dict.pt"}
+
+
+def test_log_model_logs_the_student_with_a_signature(write_config, kdlab_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_digits_config(**{"tracking.log_model": True, "training.epochs": 1, "teacher.training.epochs": 1})
+    _kdlab_run(write_config, cfg)
+    (student,) = _runs("student")
+    outputs = student.outputs.model_outputs
+    assert len(outputs) == 1
+    client = _client()
+    logged = client.get_logged_model(outputs[0].model_id)
+    assert logged.name == "student" and logged.source_run_id == student.info.run_id
+    # filed under the run's experiment and KDLAB_HOME, not MLflow's Default experiment in ./mlruns
+    assert logged.experiment_id == student.info.experiment_id
+    assert str(kdlab_home) in logged.artifact_location and not (tmp_path / "mlruns").exists()
+    mlflow.set_tracking_uri(default_tracking_uri())
+    info = mlflow.models.get_model_info(f"models:/{outputs[0].model_id}")
+    assert info.signature is not None
+    sig_in, sig_out = info.signature.inputs.to_dict()[0], info.signature.outputs.to_dict()[0]
+    assert list(sig_in["tensor-spec"]["shape"]) == [-1, 1, 8, 8] and list(sig_out["tensor-spec"]["shape"]) == [-1, 10]
+    assert logged.status.name == "READY"
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(write_config):
+    cfg = tiny_digits_config(**{"tracking.enabled": False})
+    a = run(_load(write_config, cfg))
+    b = run(_load(write_config, cfg))  # a fresh session: the teacher comes from the disk cache
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
+    assert [h["train_loss"] for h in a.fit.history] == [h["train_loss"] for h in b.fit.history]
+    for k, v in b.student.state_dict().items():
+        assert torch.equal(v, a.student.state_dict()[k])
+    c = run(_load(write_config, tiny_digits_config(**{"tracking.enabled": False, "training.seed": 1})))
+    assert [h["train_loss"] for h in a.fit.history] != [h["train_loss"] for h in c.fit.history]
+    assert c.metrics["teacher_test_accuracy"] == a.metrics["teacher_test_accuracy"]  # same teacher
+
+
+def test_same_seed_same_metrics_through_the_cli(write_config):
+    cfg = tiny_digits_config()
+    _kdlab_run(write_config, cfg)
+    _kdlab_run(write_config, cfg)
+    first, second = _runs("student")
+    for name in FINAL:
+        assert first.data.metrics[name] == second.data.metrics[name], name
+
+
+def test_second_run_reuses_the_teacher(write_config):
+    cfg = tiny_digits_config()
+    _kdlab_run(write_config, cfg)
+    cfg["student"]["params"]["hidden"] = [8]  # another student, the same teacher
+    _kdlab_run(write_config, cfg)
+    assert len(_runs("teacher")) == 1  # not retrained
+    first, second = _runs("student")
+    (teacher,) = _runs("teacher")
+    assert first.data.tags["kdlab.teacher_source"] == "trained"
+    assert second.data.tags["kdlab.teacher_source"] == "cache"
+    assert second.data.tags["kdlab.teacher_run_id"] == teacher.info.run_id
+    assert second.data.tags["kdlab.teacher_fingerprint"] == first.data.tags["kdlab.teacher_fingerprint"]
+    assert second.data.metrics["teacher_test_accuracy"] == first.data.metrics["teacher_test_accuracy"]
+
+
+def test_another_teacher_config_trains_another_teacher(write_config):
+    cfg = tiny_digits_config(**{"tracking.enabled": False})
+    session = Session()
+    a = run(_load(write_config, cfg), session=session)
+    cfg["teacher"]["training"]["seed"] = 5
+    b = run(_load(write_config, cfg), session=session)
+    assert a.teacher.source == "trained" and b.teacher.source == "trained"
+    assert a.teacher.fingerprint != b.teacher.fingerprint
+    # and the same one again in the same session is the same object
+    c = run(_load(write_config, cfg), session=session)
+    assert c.teacher is b.teacher
+
+
+def _teacher_state(hidden: list[int]) -> dict[str, torch.Tensor]:
+    from kdlab.plugins import get_registry
+
+    comp = get_registry().get("teacher", "mlp")
+    torch.manual_seed(0)
+    model = comp.build(comp.validate_params({"hidden": hidden}), input_shape=(1, 8, 8), num_classes=10)
+    return model.state_dict()
+
+
+def test_teacher_from_a_checkpoint(write_config, tmp_path):
+    state = _teacher_state([64])
+    path = tmp_path / "teacher.pt"
+    torch.save(state, path)
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path)})
+    _kdlab_run(write_config, cfg)
+    assert _runs("teacher") == []  # loaded, not trained
+    (student,) = _runs("student")
+    assert student.data.tags["kdlab.teacher_source"] == "checkpoint"
+    assert student.data.metrics["teacher_params"] == sum(v.numel() for v in state.values())
+    # the loaded weights are the ones used: the teacher's accuracy is that of the untrained model
+    result = run(_load(write_config, tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})))
+    for k, v in state.items():
+        assert torch.equal(result.teacher.model.state_dict()[k].cpu(), v)
+
+
+def test_checkpoint_wrapped_in_a_state_dict_key(write_config, tmp_path):
+    path = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": _teacher_state([64])}, path)
+    result = run(_load(write_config, tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})))
+    assert result.teacher.source == "checkpoint"
+
+
+def test_checkpoint_that_does_not_fit_is_a_clear_error(write_config, tmp_path, capsys):
+    path = tmp_path / "wrong.pt"
+    torch.save(_teacher_state([32]), path)  # the config asks for hidden [64]
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path)})
+    assert main(["run", str(write_config(cfg)), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "teacher.checkpoint" in err and "wrong.pt" in err and "do not fit" in err
+    assert "shape mismatch" in err and "(32, 64) vs (64, 64)" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_that_is_not_weights_only_is_refused(write_config, tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": Path("not a tensor")}, path)  # an arbitrary pickled object
+    with pytest.raises(KdlabError, match="not a loadable weights-only checkpoint"):
+        run(_load(write_config, tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})))
+
+
+def test_missing_checkpoint_file(write_config, tmp_path):
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(tmp_path / "nope.pt"), "tracking.enabled": False})
+    with pytest.raises(KdlabError, match="teacher.checkpoint = .*nope.pt.*no such file"):
+        run(_load(write_config, cfg))
+
+
+def test_teacher_from_an_mlflow_uri(write_config):
+    _kdlab_run(write_config, tiny_digits_config())
+    (teacher_run,) = _runs("teacher")
+    (first,) = _runs("student")
+    uri = f"runs:/{teacher_run.info.run_id}/teacher/state_dict.pt"
+    cfg = tiny_digits_config(**{"teacher.mlflow_uri": uri})
+    _kdlab_run(write_config, cfg, name="from-mlflow.yaml")
+    assert len(_runs("teacher")) == 1
+    second = _runs("student")[1]
+    assert second.data.tags["kdlab.teacher_source"] == "mlflow"
+    assert second.data.tags["kdlab.teacher_run_id"] == teacher_run.info.run_id
+    assert second.data.params["teacher.mlflow_uri"] == uri
+    # the same teacher weights: the same teacher accuracy
+    assert second.data.metrics["teacher_test_accuracy"] == first.data.metrics["teacher_test_accuracy"]
+
+
+def test_bad_mlflow_uri_is_a_clear_error(write_config):
+    cfg = tiny_digits_config(**{"teacher.mlflow_uri": "runs:/0123456789abcdef/teacher/state_dict.pt",
+                                "tracking.enabled": False})
+    with pytest.raises(KdlabError, match="teacher.mlflow_uri = 'runs:/0123456789abcdef"):
+        run(_load(write_config, cfg))
+
+
+class _Spy(kdlab.Loss):
+    """KD that counts the rows it sees without labels."""
+
+    unlabeled_rows = 0
+    rows = 0
+
+    def __init__(self, params):
+        super().__init__()
+        from kdlab_losses.logits import HintonKD, KDParams
+
+        self.kd = HintonKD(KDParams())
+
+    def forward(self, inputs):
+        type(self).unlabeled_rows += int((~inputs.labeled).sum())
+        type(self).rows += len(inputs.labels)
+        return self.kd(inputs)
+
+
+@pytest.mark.parametrize("use_transfer", [True, False])
+def test_transfer_split_is_used_when_present(write_config, plugins, use_transfer):
+    plugins.register(type("P", (), {"kdlab_register_losses": staticmethod(
+        kdlab.hookimpl(lambda register: register("spy", _Spy)))})(), "test-spy")
+    _Spy.unlabeled_rows = _Spy.rows = 0
+    cfg = tiny_digits_config(**{"data.params.transfer_size": 100, "loss": {"name": "spy"}, "training.epochs": 2,
+                                "training.use_transfer": use_transfer, "tracking.enabled": False})
+    result = run(_load(write_config, cfg))
+    train_rows = 1797 - 360 - 180
+    if use_transfer:
+        assert _Spy.unlabeled_rows == 2 * 100 and _Spy.rows == 2 * (train_rows + 100)
+    else:
+        assert _Spy.unlabeled_rows == 0 and _Spy.rows == 2 * train_rows
+    assert 0 <= result.metrics["test_accuracy"] <= 1
+
+
+def test_ce_baseline_needs_no_teacher(write_config):
+    cfg = tiny_digits_config(**{"loss": {"name": "ce"}, "tracking.enabled": False})
+    del cfg["teacher"]
+    result = run(_load(write_config, cfg))
+    assert result.teacher is None and "agreement" not in result.metrics
+    assert set(result.fit.history[0]) >= {"train_loss", "train_ce", "val_accuracy", "val_loss", "lr", "epoch_time_s"}
+
+
+def test_kd_without_a_teacher_is_an_error(write_config):
+    cfg = tiny_digits_config(**{"tracking.enabled": False})
+    del cfg["teacher"]
+    with pytest.raises(KdlabError, match="add a `teacher:` section"):
+        run(_load(write_config, cfg))
+
+
+def test_run_options_device_and_epoch_callbacks(write_config):
+    seen = []
+    cfg = tiny_digits_config(**{"tracking.enabled": False})
+    result = run(_load(write_config, cfg), RunOptions(device="cpu", epoch_callbacks=[lambda e, m: seen.append(e)]))
+    assert seen == [1, 2, 3] and result.fit.epochs_run == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(write_config, capsys):
+    cfg = tiny_digits_config(**{"training.device": "cuda"})
+    with pytest.raises(KdlabError, match="training.device = 'cuda': CUDA is not available"):
+        run(_load(write_config, cfg))
+    assert main(["run", str(write_config(cfg)), "--quiet", "--device", "cuda:1"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(write_config):
+    result = run(_load(write_config, tiny_digits_config(**{"training.device": "cuda", "tracking.enabled": False})))
+    assert result.metrics["teacher_test_accuracy"] > 0.8
