@@ -259,9 +259,14 @@ def check_loss(component: Component, example: dict[str, Any] | None = None, *,
     def build_model(kind: str, name: str, model_params: dict[str, Any]) -> nn.Module:
         return _tiny_net(input_shape, num_classes)
 
+    def build_teacher(spec: dict[str, Any]) -> nn.Module:
+        extra = _tiny_net(input_shape, num_classes, width=24).eval()
+        return extra.requires_grad_(False)
+
     loss.setup(LossSetup(student=student, teacher=teacher if loss.uses_teacher else None, input_shape=input_shape,
                          num_classes=num_classes, device=torch.device("cpu"), build_model=build_model,
-                         example_x=x))
+                         student_config={"name": "kdlab-testing-tiny", "params": {}}, example_x=x,
+                         build_teacher=build_teacher))
     labels = torch.arange(batch_size) % num_classes
     for name, y in (("labelled", labels), ("partly unlabeled", torch.where(labels % 2 == 0, labels, UNLABELED))):
         student.zero_grad(set_to_none=True)
