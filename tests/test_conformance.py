@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import pickle
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +23,37 @@ from kdlab.testing import (
 FIRST_PARTY = [c for plugin in (kdlab_data.plugin, kdlab_models.plugin, kdlab_losses.plugin)
                for c in components_of(plugin)]
 
-#: params that keep a check fast, and input shapes an architecture accepts
-EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {("data", "mnist1d"): {"num_samples": 1000, "val_size": 100}}
+def _cifar_files(folder: Path) -> dict[str, Any]:
+    """Tiny files laid out as CIFAR-10's python version: pickled dicts with bytes keys, written by Python 2."""
+    root = folder / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}", 20) for i in range(1, 6)), ("test_batch", 20)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
+    return {"root": str(root), "val_size": 20}
+
+
+def _image_folder(folder: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog", "owl"):
+        (folder / label).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).save(folder / label / f"{i}.png")
+    return {"root": str(folder), "size": 8}
+
+
+#: params that keep a check fast (or that a component requires), by (kind, name): a dict, or a function of a
+#: temporary folder that writes the files the component reads and returns the params
+EXAMPLES: dict[tuple[str, str], dict[str, Any] | Callable[[Path], dict[str, Any]]] = {
+    ("data", "mnist1d"): {"num_samples": 1000, "val_size": 100},
+    ("data", "cifar10"): _cifar_files,
+    ("data", "imagefolder"): _image_folder,
+}
+#: input shapes an architecture accepts
 SHAPES: dict[str, tuple[int, ...]] = {"cnn1d": (40,), "cnn2d": (1, 8, 8), "mlp": (1, 8, 8)}
 
 
@@ -32,11 +64,12 @@ def test_every_kind_has_first_party_components():
 
 
 @pytest.mark.parametrize("component", FIRST_PARTY, ids=lambda c: f"{c.kind}-{c.name}")
-def test_first_party_component_conforms(component, shared_cache):
+def test_first_party_component_conforms(component, shared_cache, tmp_path):
     kwargs = {}
     if component.kind in ("teacher", "student"):
         kwargs["input_shape"] = SHAPES.get(component.name, (1, 8, 8))
-    check_component(component, EXAMPLES.get((component.kind, component.name)), **kwargs)
+    example = EXAMPLES.get((component.kind, component.name))
+    check_component(component, example(tmp_path) if callable(example) else example, **kwargs)
 
 
 # -- the kit catches what it promises to catch --------------------------------------------------------------------
