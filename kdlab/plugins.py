@@ -9,7 +9,8 @@ Environment variables (public interface):
 ``KDLAB_TRACE_PLUGINS``
     ``1`` prints every hook call, its arguments and its result to stderr.
 
-A plugin whose entry point fails to import, or whose hook implementations are invalid, is skipped: kdlab starts,
+A plugin whose entry point fails to import, or whose hook implementations are invalid (a misspelt argument, an
+unknown hook, a hook function without ``@kdlab.hookimpl``), is skipped: kdlab starts,
 warns which plugin failed and why, and ``kdlab plugins`` lists it under failures. A contribution hook that raises
 loses only the components it registered in that call; a component name registered by two plugins is unusable (using
 it raises the error naming both) until one of them is disabled.
@@ -96,12 +97,18 @@ class Plugins:
     def register(self, obj: Any, name: str, *, distribution: str | None = None, version: str | None = None) -> None:
         """Register a plugin object (usually a module) under ``name``; validate its hook implementations.
 
-        Raises :class:`PluginError` naming the plugin for an implementation with wrong argument names or one that
-        matches no hook; the plugin is then left unregistered.
+        Raises :class:`PluginError` naming the plugin for an implementation with wrong argument names, one that
+        matches no hook, or a function named like a hook without ``@kdlab.hookimpl``; the plugin is then left
+        unregistered.
         """
         who = f"plugin {name!r}" + (f" ({distribution} {version})" if distribution else "")
         if name in self.info or self.pm.has_plugin(name):
             raise PluginError(f"{who}: a plugin named {name!r} is already registered")
+        # pluggy silently ignores a function named like a hook but not marked: the plugin would register nothing.
+        unmarked = [h for h in self.hook_names()
+                    if callable(getattr(obj, h, None)) and not hasattr(getattr(obj, h), f"{ENTRY_POINT_GROUP}_impl")]
+        if unmarked:
+            raise PluginError(f"{who} defines {', '.join(unmarked)} without the @kdlab.hookimpl marker")
         try:
             self.pm.register(obj, name=name)
         except pluggy.PluginValidationError as exc:

@@ -169,3 +169,14 @@ def test_kdlab_plugins_shows_the_broken_plugin(tmp_path):
     assert failure["name"] == "broken" and failure["distribution"] == "kdlab-broken"
     assert "libfoo" in failure["reason"]
     assert "plugin 'broken' was not loaded" in proc.stderr
+
+
+def test_hook_function_without_the_marker_is_named():
+    class Forgetful:
+        def kdlab_register_losses(self, register):  # no @kdlab.hookimpl: pluggy alone would ignore it
+            register("never", Loss)
+
+    with pytest.raises(PluginError) as err:
+        Plugins().register(Forgetful(), "kdlab-forgetful", distribution="kdlab-forgetful", version="0.2")
+    assert str(err.value) == ("plugin 'kdlab-forgetful' (kdlab-forgetful 0.2) defines kdlab_register_losses "
+                              "without the @kdlab.hookimpl marker")
