@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""Write docs/config.md, the run-config reference, from the pydantic models in kdlab/config.py, the first-party
+data and architecture plugins' params models, and the metric names the engine logs.
+
+    python scripts/gen_config_doc.py          # rewrite docs/config.md
+    python scripts/gen_config_doc.py --check  # exit 1 if docs/config.md is out of date (tests/test_config_doc.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "config.md"
+
+#: Meanings of the keys, where the pydantic field has no description or a fuller one helps (a note wins).
+NOTES: dict[str, str] = {
+    "data": "the data source: a registered data component and its params",
+    "data.name": "data component, e.g. `digits`, `mnist1d`, `cifar10`, `imagefolder` (`kdlab plugins` lists them)",
+    "teacher": "the teacher: trained by kdlab (once, then reused), or loaded from `checkpoint` or `mlflow_uri`; "
+               "leave it out for a loss that needs no teacher (`ce`)",
+    "teacher.name": "teacher architecture, e.g. `mlp`, `cnn1d`, `cnn2d`",
+    "teacher.training": "how kdlab trains the teacher (with cross-entropy) when it is not loaded",
+    "teacher.training.epochs": "teacher training epochs",
+    "teacher.training.batch_size": "teacher training batch size",
+    "teacher.training.optimizer": "the teacher's optimizer (keys as in `optimizer`)",
+    "student": "the student architecture and how it starts",
+    "student.name": "student architecture, e.g. `mlp`, `cnn1d`, `cnn2d`",
+    "student.init": "start the student from another model's weights instead of a random initialisation",
+    "student.init.checkpoint": "a state_dict file (loaded with weights_only)",
+    "student.init.mlflow_uri": "an MLflow model URI or a `.pt` state_dict artifact, e.g. runs:/<id>/student",
+    "loss": "the distillation loss (KD method) and its params",
+    "loss.name": "loss component: `kd` (Hinton et al. 2015), `ce` (labels only, no teacher) or another method "
+                 "of [methods.md](methods.md)",
+    "optimizer": "the student's optimizer and learning-rate schedule",
+    "optimizer.name": "optimizer",
+    "optimizer.weight_decay": "L2 weight decay (decoupled for adamw)",
+    "training": "the student's training loop",
+    "training.epochs": "student training epochs",
+    "training.batch_size": "student training batch size (rows of train + transfer per step)",
+    "training.seed": "seed of the student's initialisation and batch order; the same seed gives the same "
+                     "metrics on CPU",
+    "training.precision": "bf16 runs forward passes under bfloat16 autocast",
+    "training.eval_batch_size": "batch size of evaluation and of computing teacher outputs",
+    "tracking": "MLflow tracking",
+    "tracking.enabled": "record the run in MLflow (`kdlab run --no-track` sets false)",
+    "tracking.run_name": "MLflow run name (default: `<student>-<loss>-seed<seed>`)",
+    "assistant.name": "the assistant's architecture (a registered teacher/student architecture)",
+    "study": "a study's search space, objectives, sampler, pruner, budget, storage and devices: see "
+             "[studies.md](studies.md); `kdlab run` ignores it",
+}
+#: sections that reuse another section's model, documented by the same notes
+ALIASES = {"teacher.training.optimizer.": "optimizer."}
+PARAMS_NOTE = "the component's params, validated by the params model its plugin registered"
+#: Meanings of first-party component params without a description: by ``<component>.<param>``, then ``<param>``.
+PARAM_NOTES: dict[str, str] = {
+    "activation": "activation function",
+    "batchnorm": "batch normalisation after each convolution",
+    "cnn1d.stride": "stride of each convolution",
+    "cnn1d.padding": "zero padding of each convolution",
+    "cnn2d.kernel_size": "kernel size of each convolution (same padding)",
+    "cnn2d.dropout": "dropout before the linear head",
+    "mlp.dropout": "dropout after each hidden layer",
+}
+
+#: Final metrics of a student run (kdlab.engine.FINAL_METRICS), with their meaning.
+FINAL_NOTES: dict[str, str] = {
+    "test_accuracy": "the student's top-1 accuracy on the test split (with the kept weights, see "
+                     "`training.keep_best`)",
+    "val_accuracy": "the student's validation accuracy with the kept weights; in MLflow it is the `val_accuracy` "
+                    "curve's value at step `best_epoch` (not logged a second time)",
+    "teacher_test_accuracy": "the teacher's top-1 accuracy on the test split",
+    "teacher_val_accuracy": "the teacher's accuracy on the validation split",
+    "student_params": "number of student parameters",
+    "teacher_params": "number of teacher parameters",
+    "compression_ratio": "teacher_params / student_params",
+    "agreement": "share of test examples on which student and teacher predict the same class (top-1)",
+    "train_time_s": "seconds spent in the student's training loop",
+    "best_epoch": "the epoch with the best validation accuracy (whose weights are kept with "
+                  "`training.keep_best`)",
+}
+#: Per-epoch metrics (one point per epoch, MLflow step = epoch), by the name fit() gives them.
+EPOCH_NOTES: dict[str, str] = {
+    "train_loss": "mean total loss over the epoch's training rows",
+    "train_<term>": "mean of each named loss term, e.g. `train_ce`, `train_kd`",
+    "val_accuracy": "accuracy on the validation split after the epoch",
+    "val_loss": "cross-entropy on the validation split after the epoch",
+    "lr": "learning rate at the end of the epoch",
+    "epoch_time_s": "seconds the epoch took",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if annotation is Any:
+        return "any"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def default_text(field: Any) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        value = field.default
+    if value is PydanticUndefined:
+        return "**required**"
+    if isinstance(value, BaseModel):
+        dumped = value.model_dump(mode="json")
+        if "name" in dumped and "params" in dumped:
+            return f"`{{name: {dumped['name']}}}`"
+        return ""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (list, dict)) and not value:
+        return "`[]`" if isinstance(value, list) else "`{}`"
+    return f"`{value}`"
+
+
+def constraints(field: Any) -> str:
+    out = []
+    for m in field.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                out.append(f"{sym} {v}")
+    return ", ".join(out)
+
+
+def inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        m = inner_model(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def rows(model: type[BaseModel], prefix: str = "", notes: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+    notes = NOTES if notes is None else notes
+    out = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        alias = next((key.replace(a, b, 1) for a, b in ALIASES.items() if key.startswith(a)), key)
+        meaning = notes.get(key) or field.description or notes.get(alias, "")
+        if name == "params" and not meaning:
+            meaning = PARAMS_NOTE
+        limits = constraints(field)
+        typ = type_name(field.annotation) + (f" ({limits})" if limits else "")
+        out.append((f"`{key}`", typ, default_text(field), meaning))
+        sub = inner_model(field.annotation)
+        if sub is not None and prefix.count(".") < 4:
+            out += rows(sub, key + ".", notes)
+    return out
+
+
+def table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    esc = [tuple(c.replace("\n", " ") for c in r) for r in body]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in esc]
+
+
+def first_party_components() -> list[Any]:
+    """Data sources and architectures of the first-party plugins (not whatever else is installed)."""
+    import kdlab_data.plugin
+    import kdlab_models.plugin
+
+    from kdlab.registry import Registry
+
+    reg = Registry()
+    kdlab_data.plugin.kdlab_register_data(reg.registrar("data", "kdlab-data"))
+    kdlab_models.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-models"))
+    return reg.all("data") + reg.all("teacher")
+
+
+def epoch_metric_names() -> list[str]:
+    """The names fit() gives one epoch's metrics, from a one-epoch fit of a tiny model with a `ce` term."""
+    import torch
+
+    from kdlab.config import OptimizerConfig
+    from kdlab.functional import masked_cross_entropy
+    from kdlab.training import TrainSet, fit
+    from kdlab.types import Loss, LossOutput, Split
+
+    class CE(Loss):
+        uses_teacher = False
+
+        def forward(self, inputs):
+            ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+            return LossOutput(ce, {"ce": ce})
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    result = fit(torch.nn.Linear(2, 2), CE(), TrainSet(x, y), Split(x, y), optimizer=OptimizerConfig(), epochs=1,
+                 batch_size=4, seed=0, device=torch.device("cpu"))
+    return ["train_<term>" if k == "train_ce" else k for k in result.history[0]]
+
+
+def render() -> str:
+    from kdlab.config import RunConfig
+    from kdlab.engine import FINAL_METRICS
+
+    lines = [
+        "# Run config reference",
+        "",
+        "<!-- Generated by scripts/gen_config_doc.py from kdlab/config.py and the first-party plugins; do not edit",
+        "     by hand: run `python scripts/gen_config_doc.py` (tests/test_config_doc.py checks it is current). -->",
+        "",
+        "A run file is YAML (read with a safe loader) validated by the pydantic models in `kdlab/config.py`.",
+        "`kdlab validate FILE` checks a file without running it; every error names the file, the line, the dotted",
+        "key, the value and what was expected. Any key can be overridden on the command line with",
+        "`--set KEY=VALUE` (the value is read as YAML: `--set loss.params.temperature=2`,",
+        "`--set student.params.hidden=[64,32]`). Unknown keys are errors.",
+        "",
+        "The components `data`, `teacher`, `student` and `loss` are each `{name, params}`: `name` picks a",
+        "registered component and `params` is validated by the params model its plugin registered",
+        "(`kdlab plugins show NAME` prints it). The first-party data sources and architectures are listed below;",
+        "the losses (KD methods) are in [methods.md](methods.md).",
+        "",
+        "```yaml",
+        "data:",
+        "  name: digits",
+        "  params: {test_size: 360, val_size: 180}",
+        "teacher:",
+        "  name: cnn2d",
+        "  params: {channels: [32, 64]}",
+        "  training: {epochs: 40, batch_size: 64, optimizer: {lr: 0.003}}",
+        "student:",
+        "  name: mlp",
+        "  params: {hidden: [32]}",
+        "loss:",
+        "  name: kd",
+        "  params: {temperature: 4.0, alpha: 0.9}",
+        "optimizer: {name: adam, lr: 0.003}",
+        "training: {epochs: 30, batch_size: 128, seed: 0, device: auto}",
+        "tracking: {experiment: kdlab-digits}",
+        "```",
+        "",
+        "## Keys",
+        "",
+    ]
+    header = ("key", "type", "default", "meaning")
+    for name, field in RunConfig.model_fields.items():
+        lines += [f"### `{name}`", ""]
+        meaning = NOTES.get(name) or field.description or ""
+        sub = inner_model(field.annotation)
+        default = default_text(field)
+        req = "required" if field.is_required() else (
+            f"optional, default {default}" if default and default != "null" else "optional")
+        lines += [f"{meaning[0].upper() + meaning[1:] if meaning else name} ({req}).", ""]
+        if sub is not None:
+            lines += table(header, rows(sub, f"{name}.")) + [""]
+    lines += ["## Component params", "",
+              "Params of the first-party data sources (`data.params`) and architectures (`teacher.params`,",
+              "`student.params`: every architecture serves as teacher and as student).", ""]
+    for comp in first_party_components():
+        kind = "architecture" if comp.kind == "teacher" else "data"
+        lines += [f"### {kind} `{comp.name}`", "", comp.description, ""]
+        notes = {name: PARAM_NOTES.get(f"{comp.name}.{name}") or PARAM_NOTES.get(name, "")
+                 for name in comp.params.model_fields}
+        notes = {k: v for k, v in notes.items() if v and not comp.params.model_fields[k].description}
+        body = rows(comp.params, "", notes=notes)
+        lines += (table(("param", "type", "default", "meaning"), body) if body else ["No params."]) + [""]
+    lines += [
+        "## Metrics",
+        "",
+        "Metric names are public interface: studies optimise them and the MLflow UI shows them.",
+        "",
+        "### Final metrics of a run",
+        "",
+        "Logged once at the end of a student run (those without a teacher omit the teacher metrics;",
+        "a `student.init` run adds `init_loaded_tensors` and `frozen_params`).",
+        "",
+    ]
+    missing = [m for m in FINAL_METRICS if m not in FINAL_NOTES]
+    if missing:
+        raise SystemExit(f"gen_config_doc: describe the final metric(s) {', '.join(missing)} in FINAL_NOTES")
+    lines += table(("metric", "meaning"), [(f"`{m}`", FINAL_NOTES[m]) for m in FINAL_METRICS]) + [""]
+    epoch = epoch_metric_names()
+    missing = [m for m in epoch if m not in EPOCH_NOTES]
+    if missing:
+        raise SystemExit(f"gen_config_doc: describe the per-epoch metric(s) {', '.join(missing)} in EPOCH_NOTES")
+    lines += [
+        "### Per-epoch metrics",
+        "",
+        "Logged for every epoch of every training run (teacher and student), MLflow step = epoch, sent in",
+        "batches (`tracking.flush_every_s`); the `kdlab_epoch_end` hook receives the same names.",
+        "",
+    ]
+    lines += table(("metric", "meaning"), [(f"`{m}`", EPOCH_NOTES[m]) for m in epoch]) + [""]
+    lines += [
+        "### Teacher runs",
+        "",
+        "A teacher trained by kdlab is its own MLflow run (tag `kdlab.role: teacher`) with the per-epoch metrics",
+        "above and `teacher_test_accuracy` (also as `test_accuracy`), `teacher_val_accuracy`, `teacher_params`,",
+        "`train_time_s` and `best_epoch`. A student run links to it with the tag `kdlab.teacher_run_id`.",
+        "",
+        "## Environment",
+        "",
+    ]
+    lines += table(("variable", "meaning"), [
+        ("`KDLAB_HOME`", "where kdlab keeps the MLflow SQLite store, artifacts, Optuna storage and caches "
+                         "(default `./kdlab-runs`)"),
+        ("`KDLAB_CACHE_DIR`", "the caches (teachers, teacher outputs, generated data); default `$KDLAB_HOME/cache`"),
+        ("`MLFLOW_TRACKING_URI`", "MLflow tracking URI when `tracking.uri` and `--tracking-uri` are not given"),
+    ]) + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/config.md differs from the output")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not DOC.exists() or DOC.read_text() != text:
+            print(f"{DOC} is out of date: run python scripts/gen_config_doc.py", file=sys.stderr)
+            return 1
+        return 0
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
