@@ -104,6 +104,24 @@ class TrackingConfig(Strict):
     flush_every_s: float = Field(15.0, ge=0, description="per-epoch metrics are sent in batches this often")
 
 
+class AssistantConfig(ComponentConfig):
+    """A teacher assistant (Mirzadeh et al. 2020): teacher -> assistant -> student, each stage its own run."""
+
+    epochs: int | None = Field(None, gt=0, description="epochs of the assistant's distillation (default: "
+                                                       "training.epochs)")
+
+
+class ContinualConfig(Strict):
+    """Learn the data's tasks one after another (``Data.tasks``); see :mod:`kdlab.continual`."""
+
+    method: Literal["lwf", "finetune"] = Field("lwf", description="lwf: Learning without Forgetting (Li and Hoiem "
+                                               "2017); finetune: no distillation (the forgetting baseline)")
+    temperature: float = Field(2.0, gt=0, description="temperature of the old-output distillation (paper: 2)")
+    old_weight: float = Field(1.0, ge=0, description="lambda_o, weight of the old-task distillation term (paper: 1)")
+    first_task_epochs: int | None = Field(None, gt=0, description="epochs on the first task (default: "
+                                                                  "training.epochs)")
+
+
 class RunConfig(Strict):
     data: DataConfig
     teacher: TeacherConfig | None = None
@@ -113,6 +131,10 @@ class RunConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     study: dict[str, Any] | None = Field(None, description="study settings, read by `kdlab study`")
+    assistant: AssistantConfig | None = Field(None, description="distil through a teacher assistant "
+                                                                "(kdlab.progressive)")
+    continual: ContinualConfig | None = Field(None, description="learn the data's tasks in sequence "
+                                                                "(kdlab.continual)")
 
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)

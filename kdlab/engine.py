@@ -268,6 +268,14 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
     """Distil the configured teacher into the configured student with the configured loss; track it."""
     options = options or RunOptions()
     session = session or Session()
+    if loaded.config.continual is not None:
+        from kdlab.continual import run_continual
+
+        return run_continual(loaded, options, session)
+    if loaded.config.assistant is not None:
+        from kdlab.progressive import run_progressive
+
+        return run_progressive(loaded, options, session)
     cfg = loaded.config
     tcfg = cfg.training
     if tcfg.threads:

@@ -57,9 +57,16 @@ def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_angles(e: torch.Tensor) -> torch.Tensor:
-    """``cos`` of the angle at ``j`` between ``e_i - e_j`` and ``e_k - e_j``, for every triplet (flattened)."""
-    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # diff[j, i] = unit(e_i - e_j)
-    return torch.bmm(diff, diff.transpose(1, 2)).flatten()
+    """``cos`` of the angle at ``j`` between ``e_i - e_j`` and ``e_k - e_j``, for every triplet ``[j, i, k]``
+    (flattened; 0 where ``i`` or ``k`` is ``j``). From the Gram matrix ``G``: ``<e_i - e_j, e_k - e_j> =
+    G_ik - G_ij - G_jk + G_jj``, which costs ``B^3`` rather than ``B^3 * D`` of the direct form."""
+    g = e @ e.T
+    diag = g.diagonal()
+    dot = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + diag.view(-1, 1, 1)  # dot[j, i, k]
+    sq = (diag.view(-1, 1) - 2 * g + diag.view(1, -1)).clamp_min(1e-12)  # sq[j, i] = |e_i - e_j|^2
+    norm = sq.sqrt() * (~torch.eye(len(e), dtype=torch.bool, device=e.device))
+    inv = torch.where(norm > 0, 1 / norm.clamp_min(1e-12), torch.zeros_like(norm))
+    return (dot * inv.unsqueeze(2) * inv.unsqueeze(1)).flatten()
 
 
 class RKD(_RelationLoss):

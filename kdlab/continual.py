@@ -1,0 +1,158 @@
+"""Continual learning with distillation: Learning without Forgetting (Li and Hoiem, TPAMI 2017).
+
+A config with a ``continual:`` section learns the data plugin's tasks (``Data.tasks``, e.g. digits 0-4 then 5-9)
+one after another with the configured student. Each task is a head over its own classes (the paper's multi-head,
+task-aware setting): training and evaluation on a task use the logits of that task's classes only.
+
+* First task: cross-entropy on its classes.
+* Each later task: before training, the model's current outputs on the new task's training inputs are recorded
+  (the "old" responses). Training minimises ``CE(new labels, new head) + old_weight * T^2 * KL(old || current)``
+  over the old tasks' heads (``method: lwf``), or the cross-entropy alone (``method: finetune``, the baseline that
+  forgets). The paper's warm-up step (new head only) is not done.
+
+Final metrics (public interface): ``old_task_accuracy`` (mean test accuracy over the earlier tasks, at the end),
+``new_task_accuracy`` (the last task), ``forgetting`` (mean over the earlier tasks of accuracy right after learning
+the task minus accuracy at the end) and ``task<k>_accuracy``. The run is tracked as one MLflow run (role
+``continual``); per-epoch metrics are named ``task<k>_<metric>``. The ``teacher`` and ``loss`` sections are not used.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from torch import Tensor, nn
+
+from kdlab import __version__
+from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.errors import KdlabError
+from kdlab.functional import masked_cross_entropy, soft_kl
+from kdlab.teacher import build_model
+from kdlab.training import TrainSet, fit, predict, resolve_device, seed_everything
+from kdlab.types import Data, Loss, LossInputs, LossOutput, Split
+
+FINAL_METRICS = ("old_task_accuracy", "new_task_accuracy", "forgetting")
+
+
+class TaskView(nn.Module):
+    """The network seen through one task's head: the logits of ``classes`` only. The full logits are the output of
+    the submodule ``net``, which a loss can capture by naming it in ``student_layers``."""
+
+    def __init__(self, net: nn.Module, classes: list[int]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("classes", torch.tensor(classes, dtype=torch.int64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)[:, self.classes]
+
+
+class LwFLoss(Loss):
+    """``CE(y, new head) + old_weight * T^2 * KL(softmax(old/T) || softmax(current/T))`` on the old heads; the old
+    responses arrive as ``teacher_logits`` (recorded before the task, cached), the current ones as the captured
+    full logits."""
+
+    uses_teacher = True
+    student_layers = ("net",)
+
+    def __init__(self, old_classes: list[int], temperature: float, old_weight: float):
+        super().__init__()
+        self.register_buffer("old", torch.tensor(old_classes, dtype=torch.int64))
+        self.temperature, self.old_weight = temperature, old_weight
+
+    def forward(self, inputs: LossInputs) -> LossOutput:
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        if self.old_weight == 0:
+            return LossOutput(ce, {"ce": ce})
+        current = inputs.student_features["net"][:, self.old]
+        old = soft_kl(current.float(), inputs.teacher_logits, self.temperature)
+        return LossOutput(ce + self.old_weight * old, {"ce": ce, "lwf": old})
+
+
+def task_split(split: Split, classes: list[int]) -> Split:
+    """The rows of ``split`` whose label is in ``classes``, labels renumbered to positions in ``classes``."""
+    cls = torch.tensor(classes)
+    keep = torch.isin(split.y, cls)
+    remap = torch.full((int(split.y.max()) + 1,), -1, dtype=torch.int64)
+    remap[cls] = torch.arange(len(classes))
+    return Split(split.x[keep], remap[split.y[keep]])
+
+
+def task_accuracy(net: nn.Module, split: Split, classes: list[int], device: torch.device, batch_size: int) -> float:
+    part = task_split(split, classes)
+    logits, _ = predict(TaskView(net, classes).to(device), part.x.to(device), batch_size)
+    return float((logits.argmax(1) == part.y.to(device)).float().mean())
+
+
+def run_continual(loaded: LoadedConfig, options, session):
+    from kdlab.engine import RunResult
+    from kdlab.plugins import get_plugins
+    from kdlab.types import RunInfo
+
+    cfg, ccfg, tcfg = loaded.config, loaded.config.continual, loaded.config.training
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(options.device or tcfg.device)
+    data: Data = session.get_data(loaded)
+    tasks = data.tasks
+    if not tasks or len(tasks) < 2:
+        raise KdlabError(f"{loaded.name}: continual: data {cfg.data.name!r} defines no sequence of tasks "
+                         "(kdlab.Data.tasks needs at least two)")
+    seed_everything(tcfg.seed)
+    net = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
+    tracked = None
+    if cfg.tracking.enabled:
+        tracked = (options.tracker or session.tracker(loaded)).start(
+            options.run_name or f"continual-{cfg.student.name}-{ccfg.method}-seed{tcfg.seed}",
+            tags={"kdlab.role": "continual", "kdlab.version": __version__, "kdlab.seed": str(tcfg.seed),
+                  "kdlab.continual_method": ccfg.method, **options.tags},
+            parent_run_id=options.parent_run_id, flush_every_s=cfg.tracking.flush_every_s)
+        tracked.log_params(flatten({k: v for k, v in cfg.resolved_dict().items()
+                                    if k not in ("study", "tracking", "teacher", "loss", "assistant")}))
+    info = RunInfo(role="continual", config=cfg, device=str(device), run_id=tracked.run_id if tracked else None,
+                   trial_number=options.trial_number)
+    hook = get_plugins().hook
+    hook.kdlab_run_start(run=info)
+    status, metrics, step = "FAILED", {}, 0
+    just_learned: list[float] = []
+    try:
+        for k, classes in enumerate(tasks):
+            train, val = task_split(data.train, classes), task_split(data.val, classes)
+            old_classes = [c for task in tasks[:k] for c in task]
+            teacher_logits = None
+            if k and ccfg.method == "lwf":
+                teacher_logits, _ = predict(net, train.x.to(device), tcfg.eval_batch_size)
+                teacher_logits = teacher_logits[:, old_classes]
+            loss = LwFLoss(old_classes, ccfg.temperature, ccfg.old_weight if teacher_logits is not None else 0.0)
+            epochs = ccfg.first_task_epochs or tcfg.epochs if k == 0 else tcfg.epochs
+            offset = step
+
+            def log(epoch: int, m: dict[str, float], k=k, offset=offset) -> None:
+                named = {f"task{k}_{name}": v for name, v in m.items()}
+                if tracked:
+                    tracked.log_epoch(offset + epoch, named)
+                options.reporter.epoch(epoch, m)
+                hook.kdlab_epoch_end(run=info, epoch=offset + epoch, metrics=named)
+
+            options.reporter.stage(f"continual task {k} {classes}", epochs)
+            fit(TaskView(net, classes).to(device), loss.to(device),
+                TrainSet(train.x.to(device), train.y.to(device), teacher_logits), val.to(device),
+                optimizer=cfg.optimizer, epochs=epochs, batch_size=tcfg.batch_size, seed=tcfg.seed + k, device=device,
+                keep_best=tcfg.keep_best, eval_batch_size=tcfg.eval_batch_size, on_epoch=[log])
+            options.reporter.done()
+            step += epochs
+            just_learned.append(task_accuracy(net, data.test, classes, device, tcfg.eval_batch_size))
+        final = [task_accuracy(net, data.test, c, device, tcfg.eval_batch_size) for c in tasks]
+        metrics = {f"task{k}_accuracy": a for k, a in enumerate(final)}
+        metrics["old_task_accuracy"] = statistics.mean(final[:-1])
+        metrics["new_task_accuracy"] = final[-1]
+        metrics["forgetting"] = statistics.mean(b - a for b, a in zip(just_learned[:-1], final[:-1]))
+        if tracked:
+            tracked.log_metrics(metrics)
+            tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
+        status = "FINISHED"
+        return RunResult(metrics, tracked.run_id if tracked else None, net, None, None)
+    finally:
+        if tracked:
+            tracked.end(status)
+        hook.kdlab_run_end(run=info, metrics=metrics, status=status)
