@@ -149,7 +149,8 @@ class Recorder:
 def test_lifecycle_hooks_fire_in_order(plugins, write_config):
     recorder = Recorder()
     plugins.register(recorder, "recorder")
-    cfg = tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 2, "teacher.training.epochs": 2})
+    cfg = tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 2, "teacher.training.epochs": 2,
+                                "training.threads": 1})
     loaded = load_config(write_config(cfg))
     session = Session()
     run(loaded, RunOptions(), session)
