@@ -351,7 +351,7 @@ def load_config(
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source.name, problems_from_validation(exc, source=source)) from None
+        raise ConfigError(source.name, _from_overrides(problems_from_validation(exc, source=source), overrides)) from None
     if registry is None:
         from kdlab.plugins import get_registry
 
@@ -387,8 +387,19 @@ def load_config(
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both", cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))
     if problems:
-        raise ConfigError(source.name, problems)
+        raise ConfigError(source.name, _from_overrides(problems, overrides))
     return LoadedConfig(cfg, source, components, params)
+
+
+def _from_overrides(problems: list[Problem], overrides: dict[str, Any] | None) -> list[Problem]:
+    """A problem with a value given by ``--set`` names the override, not the file line the value replaced."""
+    out = []
+    for prob in problems:
+        key = next((k for k in overrides or {} if prob.key == k or prob.key.startswith(k + ".")), None)
+        if key is not None:
+            prob = Problem(prob.key, f"{prob.message} [from --set {key}]", prob.value, has_value=prob.has_value)
+        out.append(prob)
+    return out
 
 
 def _unknown_message(exc: UnknownComponent) -> str:

@@ -201,6 +201,19 @@ def test_override_of_a_component_param_is_validated(write_config):
     assert p.key == "loss.params.temperature" and p.value == "hot"
 
 
+def test_a_bad_override_names_the_override_not_a_file_line(write_config):
+    path = write_config(GOOD_YAML)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides=dict(parse_override(o) for o in ["training.device=gpu"]))
+    (p,) = info.value.problems
+    assert p.key == "training.device" and p.line is None and "[from --set training.device]" in p.message
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides={"loss.params": {"temperature": 0}})
+    (p,) = info.value.problems
+    assert p.key == "loss.params.temperature" and p.line is None and "[from --set loss.params]" in p.message
+    assert "line" not in str(info.value).splitlines()[1]
+
+
 def test_override_into_a_scalar_is_an_error(write_config):
     path = write_config(GOOD_YAML)
     with pytest.raises(ConfigError) as info:

@@ -242,11 +242,12 @@ def test_missing_checkpoint_file(write_config, tmp_path):
         run(_load(write_config, cfg))
 
 
-def test_teacher_from_an_mlflow_uri(write_config):
+@pytest.mark.parametrize("suffix", ["teacher/state_dict.pt", "teacher"])
+def test_teacher_from_an_mlflow_uri(write_config, suffix):
     _kdlab_run(write_config, tiny_digits_config())
     (teacher_run,) = _runs("teacher")
     (first,) = _runs("student")
-    uri = f"runs:/{teacher_run.info.run_id}/teacher/state_dict.pt"
+    uri = f"runs:/{teacher_run.info.run_id}/{suffix}"
     cfg = tiny_digits_config(**{"teacher.mlflow_uri": uri})
     _kdlab_run(write_config, cfg, name="from-mlflow.yaml")
     assert len(_runs("teacher")) == 1
