@@ -105,7 +105,10 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.o
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: int):
+def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: int, steps_per_epoch: int = 1):
+    """The schedule and whether it steps per batch (``onecycle``) rather than per epoch."""
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if cfg.scheduler == "step":
@@ -167,7 +170,9 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in loss_fn.parameters() if p.requires_grad and all(p is not q for q in params)]
     opt = build_optimizer(params, optimizer)
-    sched = build_scheduler(opt, optimizer, epochs)
+    n = len(train)
+    sched = build_scheduler(opt, optimizer, epochs, steps_per_epoch=(n + batch_size - 1) // batch_size)
+    per_step = optimizer.scheduler == "onecycle"
     gen = torch.Generator().manual_seed(seed)
     s_capture = FeatureCapture(model, loss_fn.student_layers, key="loss.params", owner="the student") \
         if loss_fn.student_layers else None
@@ -177,7 +182,6 @@ def fit(
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
-    n = len(train)
     best_acc, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -212,12 +216,14 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 opt.step()
+                if per_step:
+                    sched.step()
                 rows = xb.shape[0]
                 total_sum = total_sum + out.total.detach().float() * rows
                 for name, term in out.terms.items():
                     t = term.detach().float() * rows
                     sums[name] = sums[name] + t if name in sums else t
-            if sched is not None:
+            if sched is not None and not per_step:
                 sched.step()
             val_logits, _ = predict(model, val_x, eval_batch_size)
             names = list(sums)

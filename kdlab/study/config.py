@@ -139,7 +139,7 @@ class StudyConfig(_Strict):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(None, description="Optuna storage URL or journal file (default: $KDLAB_HOME/optuna.journal)")
     devices: Literal["auto", "cpu"] | list[str] = "auto"
-    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per 2 CPU cores")
+    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per CPU core")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
     log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
 

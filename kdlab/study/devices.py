@@ -26,7 +26,7 @@ def plan_slots(devices: str | list[str], workers: int | str, cpu_count: int | No
     """One worker process per slot; each trial runs on its worker's device.
 
     * ``devices``: ``auto`` (every CUDA device, else the CPU), ``cpu``, or a list like ``[cuda:0, cuda:1]``.
-    * ``workers``: ``auto`` (one per CUDA device; on the CPU one per 2 cores, at least 1) or a number; slots are
+    * ``workers``: ``auto`` (one per CUDA device; on the CPU one per core) or a number; slots are
       dealt round-robin over the devices, so ``workers: 4`` over two GPUs puts two workers on each.
     * CPU workers split the cores: each gets ``cores // cpu workers`` torch threads (at least 1).
     """
@@ -39,7 +39,8 @@ def plan_slots(devices: str | list[str], workers: int | str, cpu_count: int | No
     else:
         pool = list(devices)
     if workers == "auto":
-        n = len(pool) if pool != ["cpu"] else max(1, cores // 2)
+        # small models train fastest single-threaded: one worker per core beats threads fighting over cores
+        n = len(pool) if pool != ["cpu"] else max(1, cores)
     else:
         n = int(workers)
     if n < 1:

@@ -4,7 +4,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 _ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -43,10 +43,22 @@ class CNN1DParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     channels: list[int] = Field(default_factory=lambda: [25, 25, 25], description="channels of each conv block")
-    kernel_size: int = Field(5, gt=0)
+    kernel_size: int | list[int] = Field(5, description="one size for every block, or one per block")
     stride: int = Field(2, gt=0)
     padding: int = Field(1, ge=0)
     batchnorm: bool = False
+
+    @model_validator(mode="after")
+    def _kernels(self):
+        ks = self.kernel_size if isinstance(self.kernel_size, list) else [self.kernel_size]
+        if isinstance(self.kernel_size, list) and len(ks) != len(self.channels):
+            raise ValueError(f"kernel_size has {len(ks)} entries for {len(self.channels)} channels entries")
+        if any(k <= 0 for k in ks):
+            raise ValueError("kernel sizes must be positive")
+        return self
+
+    def kernels(self) -> list[int]:
+        return self.kernel_size if isinstance(self.kernel_size, list) else [self.kernel_size] * len(self.channels)
     activation: Activation = "relu"
 
 
@@ -60,8 +72,8 @@ class CNN1D(nn.Module):
             raise ValueError(f"cnn1d takes inputs of shape (L,) or (C, L), got {input_shape}")
         c_in = 1 if len(input_shape) == 1 else input_shape[0]
         blocks = []
-        for c in params.channels:
-            layers: list[nn.Module] = [nn.Conv1d(c_in, c, params.kernel_size, params.stride, params.padding)]
+        for c, k in zip(params.channels, params.kernels()):
+            layers: list[nn.Module] = [nn.Conv1d(c_in, c, k, params.stride, params.padding)]
             if params.batchnorm:
                 layers.append(nn.BatchNorm1d(c))
             layers.append(_ACT[params.activation]())
