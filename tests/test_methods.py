@@ -375,3 +375,30 @@ def test_student_init_from_checkpoint_with_frozen_layers(tmp_path):
     state = result.student.state_dict()
     assert torch.equal(state["blocks.0.0.weight"], source.state_dict()["blocks.0.0.weight"])  # frozen
     assert not torch.equal(state["head.weight"], source.state_dict()["head.weight"])  # fine-tuned
+
+
+# -- docs and study ------------------------------------------------------------------------------------------------
+
+
+def test_methods_doc_matches_the_generator():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("gen_methods_doc", root / "scripts" / "gen_methods_doc.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    components = [c for c in get_registry().all("loss") if c.plugin == "kdlab-losses"]
+    assert (root / "docs" / "methods.md").read_text() == gen.render(components), (
+        "docs/methods.md is stale: run .venv/bin/python scripts/gen_methods_doc.py > docs/methods.md")
+
+
+def test_methods_study_file_is_valid():
+    from pathlib import Path
+
+    from kdlab.study.config import load_study_config
+
+    path = Path(__file__).resolve().parent.parent / "studies" / "mnist1d-methods.yaml"
+    study = load_study_config(load_config(path)).study
+    assert {"kd", "dkd", "fitnet", "dml"} <= set(study.search["loss.name"].choices)
+    assert {"loss.params.temperature", "loss.params.alpha", "optimizer.lr"} <= set(study.search)
