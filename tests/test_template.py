@@ -36,7 +36,8 @@ def site(tmp_path_factory) -> Path:
 
 
 def _env(site: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
 def test_template_has_one_component_of_each_kind_and_the_kdlab_entry_point():
