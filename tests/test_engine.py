@@ -335,3 +335,34 @@ def test_cuda_without_cuda_is_a_clear_error(write_config, capsys):
 def test_cuda_run(write_config):
     result = run(_load(write_config, tiny_digits_config(**{"training.device": "cuda", "tracking.enabled": False})))
     assert result.metrics["teacher_test_accuracy"] > 0.8
+
+
+def test_no_track_leaves_no_mlflow_run(write_config, capsys):
+    _kdlab_run(write_config, tiny_digits_config(), "--no-track")
+    assert "test_accuracy=" in capsys.readouterr().out
+    assert _client().get_experiment_by_name("test") is None
+
+
+class _NaN(kdlab.Loss):
+    """A loss that becomes NaN."""
+
+    uses_teacher = False
+
+    def __init__(self, params):
+        super().__init__()
+
+    def forward(self, inputs):
+        total = inputs.student_logits.sum() * float("nan")
+        return kdlab.LossOutput(total, {"nan": total})
+
+
+def test_a_failing_run_is_recorded_as_failed_with_the_reason(write_config, plugins, capsys):
+    plugins.register(type("P", (), {"kdlab_register_losses": staticmethod(
+        kdlab.hookimpl(lambda register: register("nan", _NaN)))})(), "test-nan")
+    cfg = tiny_digits_config(**{"loss": {"name": "nan"}})
+    del cfg["teacher"]
+    assert main(["run", str(write_config(cfg)), "--quiet"]) == 1
+    assert "the training loss became nan in epoch 1" in capsys.readouterr().err
+    (student,) = _runs("student")
+    assert student.info.status == "FAILED"
+    assert student.data.tags["kdlab.status_reason"].startswith("NonFiniteLoss: the training loss became nan")
