@@ -112,7 +112,7 @@ class Plugins:
         try:
             self.pm.register(obj, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"{who}: {exc}") from exc
+            raise PluginError(f"{who}: {self._explain_arguments(obj) or exc}") from exc
         unknown = [hc.name for hc in (self.pm.get_hookcallers(obj) or []) if hc.spec is None]
         if unknown:
             self.pm.unregister(obj)
@@ -126,6 +126,23 @@ class Plugins:
         location = getattr(obj, "__file__", None) or getattr(type(obj), "__module__", None)
         self.info[name] = PluginInfo(name, distribution, version, location, hooks)
         self._registry = None
+
+    def _explain_arguments(self, obj: Any) -> str:
+        """Which hook implementation of ``obj`` takes an argument its hook does not have, and the closest one."""
+        import inspect
+
+        for hook in self.hook_names():
+            fn = getattr(obj, hook, None)
+            if fn is None or not hasattr(fn, f"{ENTRY_POINT_GROUP}_impl"):
+                continue
+            allowed = list(getattr(self.pm.hook, hook).spec.argnames)
+            for arg in inspect.signature(fn).parameters:
+                if arg not in allowed:
+                    close = difflib.get_close_matches(arg, allowed, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    return (f"{hook} takes an argument {arg!r} that the hook does not have{hint}; "
+                            f"its arguments are: {', '.join(allowed)}")
+        return ""
 
     def hook_names(self) -> list[str]:
         """The hooks kdlab defines (those with a spec; pluggy also keeps callers for unknown implementations)."""
