@@ -8,8 +8,10 @@ Conventions (the same words in every docstring below):
 * **Returns** — what kdlab does with the return value.
 * **firstresult** — whether kdlab stops at the first implementation that returns something other than ``None``.
 
-Hook names start with ``kdlab_``; an implementation whose name starts with ``kdlab_`` but matches no hook below is
-an error that names the plugin.
+Hook names start with ``kdlab_``; an implementation whose name starts with ``kdlab_`` but matches no hook below, one
+that takes an argument its hook does not have, and a function named like a hook but not marked with
+``@kdlab.hookimpl`` are errors that name the plugin (which is then skipped). A contribution hook that raises loses
+only the components it registered in that call. The reference with examples is ``docs/plugins.md``.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def kdlab_epoch_end(run: RunInfo, epoch: int, metrics: dict[str, float]) -> None
     * ``metrics`` — that epoch's metrics by name (``train_loss``, ``train_<term>`` for each loss term,
       ``val_accuracy``, ``val_loss``, ``lr``, ``epoch_time_s``). Plain floats; do not mutate.
 
-    **Returns** nothing; the return value is ignored.
+    **Returns** nothing; the return value is ignored. Raising stops the run, which ends as failed.
 
     **firstresult**: no — every implementation is called.
     """
