@@ -35,8 +35,9 @@ def teacher_builder(loaded: LoadedConfig, data: Data, device: torch.device, sess
     def build(spec: dict[str, Any]) -> nn.Module:
         from kdlab.engine import get_teacher
 
+        label = f"{loaded.name} (loss.params.teachers.{count[0]}, as a teacher section)"
         count[0] += 1
-        derived = derive_config(loaded, {"teacher": dict(spec)}, f"{loaded.name} (extra teacher {count[0]})")
+        derived = derive_config(loaded, {"teacher": dict(spec)}, label)
         return get_teacher(derived, data, device, session, track=track, reporter=reporter).model
 
     return build

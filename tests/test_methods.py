@@ -402,3 +402,28 @@ def test_methods_study_file_is_valid():
     study = load_study_config(load_config(path)).study
     assert {"kd", "dkd", "fitnet", "dml"} <= set(study.search["loss.name"].choices)
     assert {"loss.params.temperature", "loss.params.alpha", "optimizer.lr"} <= set(study.search)
+
+
+def test_multi_teacher_builds_trains_and_reuses_extra_teachers():
+    from kdlab.engine import Session, run
+
+    extra = {"name": "mlp", "params": {"hidden": [32]}, "training": {"epochs": 2, "seed": 3}}
+    cfg = tiny_digits_config(**{"loss.name": "multi", "tracking.enabled": False,
+                                "loss.params": {"teachers": [extra], "weights": [0.7, 0.3]}})
+    loaded = load_config(Source("run.yaml", dump_yaml(cfg)))
+    session = Session()
+    run(loaded, session=session)
+    assert len(session.teachers) == 2  # the configured teacher and the extra one, each trained once
+    models = [t.model for t in session.teachers.values()]
+    assert all(not p.requires_grad for m in models for p in m.parameters())
+    run(loaded, session=session)
+    assert len(session.teachers) == 2  # reused, not trained again
+
+
+def test_multi_extra_teacher_errors_name_the_problem():
+    from kdlab.engine import run
+
+    cfg = tiny_digits_config(**{"loss.name": "multi", "tracking.enabled": False,
+                                "loss.params": {"teachers": [{"name": "mlp", "params": {"hiden": [3]}}]}})
+    with pytest.raises(ConfigError, match=r"(?s)loss.params.teachers.0, as a teacher section.*teacher.params.hiden"):
+        run(load_config(Source("run.yaml", dump_yaml(cfg))))
