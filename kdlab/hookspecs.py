@@ -186,7 +186,8 @@ def kdlab_run_end(run: RunInfo, metrics: dict[str, float], status: str) -> None:
 def kdlab_trial_end(study: str, trial_number: int, state: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
     """A study trial has ended.
 
-    **Called** once per Optuna trial of ``kdlab study``, in the worker process that ran it, after it was recorded.
+    **Called** once per Optuna trial of ``kdlab study`` (also a pruned or failed one), in the process that ran it,
+    after its run has ended and its MLflow run is tagged with the outcome, just before Optuna stores its state.
 
     **Arguments**
 
