@@ -366,3 +366,31 @@ def test_a_failing_run_is_recorded_as_failed_with_the_reason(write_config, plugi
     (student,) = _runs("student")
     assert student.info.status == "FAILED"
     assert student.data.tags["kdlab.status_reason"].startswith("NonFiniteLoss: the training loss became nan")
+
+
+def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch):
+    """The teacher is not run per training step: its outputs are computed once, cached on disk, and reused."""
+    import kdlab.engine as engine
+    from kdlab.paths import cache_dir
+
+    cfg = tiny_digits_config(**{"tracking.enabled": False, "data.params.transfer_size": 50})
+    first = run(_load(write_config, cfg))
+    cached = list(cache_dir("outputs").glob("*.pt"))
+    assert [p.stem for p in cached] == [first.teacher.fingerprint]
+    stored = torch.load(cached[0], weights_only=True)
+    assert set(stored) == {"train", "val", "test", "transfer"} and len(stored["transfer"]) == 50
+
+    calls = []
+    real_get_teacher = engine.get_teacher
+
+    def counting_get_teacher(*args, **kwargs):
+        teacher = real_get_teacher(*args, **kwargs)
+        teacher.model.register_forward_hook(lambda *a: calls.append(1))
+        return teacher
+
+    monkeypatch.setattr(engine, "get_teacher", counting_get_teacher)
+    second = run(_load(write_config, cfg))  # a new session: teacher and its outputs come from the disk cache
+    assert second.teacher.source == "cache"
+    assert calls == []  # not once: not per step, not per epoch, not for the metrics
+    assert second.metrics["teacher_test_accuracy"] == first.metrics["teacher_test_accuracy"]
+    assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
