@@ -349,38 +349,35 @@ def load_config(
             set_dotted(data, key, value)
         except KeyError:
             raise ConfigError(source.name, [Problem(key, "cannot set this key: a parent key is not a mapping", value)]) from None
-    try:
-        cfg = RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source.name, _from_overrides(problems_from_validation(exc, source=source), overrides)) from None
     if registry is None:
         from kdlab.plugins import get_registry
 
         registry = get_registry()
-    problems: list[Problem] = []
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc, source=source)
+        # list the component problems too (an unknown loss name, a bad param), not only the structural ones
+        bad = {p.key for p in problems}
+        for section, kind in COMPONENT_KINDS.items():
+            raw = data.get(section)
+            if not (isinstance(raw, dict) and isinstance(raw.get("name"), str)
+                    and isinstance(raw.get("params") or {}, dict)):
+                continue
+            if any(k == section or k.startswith((f"{section}.name", f"{section}.params")) for k in bad):
+                continue
+            problems += _resolve_component(section, kind, raw["name"], raw.get("params") or {}, registry, source)[0]
+        raise ConfigError(source.name, _from_overrides(problems, overrides)) from None
+    problems = []
     components: dict[str, Any] = {}
     params: dict[str, BaseModel] = {}
     for section, kind in COMPONENT_KINDS.items():
         comp_cfg = getattr(cfg, section)
         if comp_cfg is None:
             continue
-        try:
-            comp = registry.get(kind, comp_cfg.name)
-        except UnknownComponent as exc:
-            problems.append(Problem(f"{section}.name", _unknown_message(exc), comp_cfg.name, line=source.line_of((section, "name"))))
-            continue
-        try:
-            p = comp.validate_params(comp_cfg.params)
-        except ValidationError as exc:
-            for prob in problems_from_validation(exc, prefix=(section, "params"), source=source):
-                if prob.message.startswith("unknown key"):
-                    known = sorted(comp.params.model_fields)
-                    import difflib
-
-                    close = difflib.get_close_matches(prob.key.rsplit(".", 1)[-1], known, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    prob = Problem(prob.key, f"unknown param of {kind} {comp.name!r}{hint} Known params: {', '.join(known) or 'none'}", prob.value, line=prob.line)
-                problems.append(prob)
+        found, comp, p = _resolve_component(section, kind, comp_cfg.name, comp_cfg.params, registry, source)
+        problems += found
+        if comp is None or p is None:
             continue
         components[kind] = comp
         params[kind] = p
@@ -390,6 +387,29 @@ def load_config(
     if problems:
         raise ConfigError(source.name, _from_overrides(problems, overrides))
     return LoadedConfig(cfg, source, components, params)
+
+
+def _resolve_component(section: str, kind: str, name: str, values: dict[str, Any], registry: Registry,
+                       source: Source) -> tuple[list[Problem], Any, BaseModel | None]:
+    """The registered component ``name`` of ``kind`` and its validated params, or the problems found."""
+    try:
+        comp = registry.get(kind, name)
+    except UnknownComponent as exc:
+        return [Problem(f"{section}.name", _unknown_message(exc), name, line=source.line_of((section, "name")))], None, None
+    try:
+        return [], comp, comp.validate_params(values)
+    except ValidationError as exc:
+        problems = []
+        for prob in problems_from_validation(exc, prefix=(section, "params"), source=source):
+            if prob.message.startswith("unknown key"):
+                known = sorted(comp.params.model_fields)
+                import difflib
+
+                close = difflib.get_close_matches(prob.key.rsplit(".", 1)[-1], known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                prob = Problem(prob.key, f"unknown param of {kind} {comp.name!r}{hint} Known params: {', '.join(known) or 'none'}", prob.value, line=prob.line)
+            problems.append(prob)
+        return problems, comp, None
 
 
 def _from_overrides(problems: list[Problem], overrides: dict[str, Any] | None) -> list[Problem]:

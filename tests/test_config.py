@@ -90,6 +90,21 @@ def test_every_structural_problem_is_listed(write_config):
     assert str(err).splitlines()[0].endswith("2 problems")
 
 
+def test_component_problems_are_listed_with_structural_ones(write_config):
+    text = (GOOD_YAML.replace("epochs: 3", "epochs: ten").replace("name: kd", "name: kdd")
+            .replace("hidden: [16]", "hiden: [16]"))
+    err = _error(write_config, text)
+    keys = {p.key: p for p in err.problems}
+    assert set(keys) == {"training.epochs", "loss.name", "student.params.hiden"}
+    assert "did you mean 'kd'?" in keys["loss.name"].message and keys["loss.name"].line == 11
+    assert "did you mean 'hidden'?" in keys["student.params.hiden"].message
+
+
+def test_a_section_with_a_bad_name_type_is_reported_once(write_config):
+    err = _error(write_config, GOOD_YAML.replace("name: kd", "name: [kd]"))
+    assert [p.key for p in err.problems] == ["loss.name"]
+
+
 @pytest.mark.parametrize("section,bad,close", [("loss", "kdd", "kd"), ("student", "mpl", "mlp"), ("data", "digit", "digits")])
 def test_unknown_component_lists_available_and_closest(write_config, section, bad, close):
     data = yaml.safe_load(GOOD_YAML)
