@@ -179,7 +179,8 @@ def test_lifecycle_hooks_fire_in_order(plugins, write_config):
 
 
 def test_trial_end_implementation_may_take_any_subset_of_arguments(plugins):
-    # `kdlab study` calls kdlab_trial_end; here its call is made as the study makes it: with keywords.
+    # `kdlab study` calls kdlab_trial_end (kdlab/study/worker.py) after each trial's kdlab_run_end. A whole study is
+    # too slow for this file (a fresh MLflow store costs seconds), so the call is made here as the worker makes it.
     recorder = Recorder()
     plugins.register(recorder, "recorder")
     plugins.hook.kdlab_trial_end(study="s", trial_number=3, state="PRUNED", params={"loss.params.alpha": 0.5},
