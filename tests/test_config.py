@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import tiny_digits_config
@@ -288,3 +290,12 @@ def test_validate_invalid_yaml_and_missing_file(write_config, tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read file" in capsys.readouterr().err
+
+
+STUDIES = sorted((Path(__file__).resolve().parent.parent / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_shipped_study_files_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert "ok" in capsys.readouterr().out
