@@ -7,7 +7,7 @@ Use it from a plugin's own tests::
 
     import kdlab_example.plugin
 
-    @pytest.mark.parametrize("component", components_of(kdlab_example.plugin), ids=str)
+    @pytest.mark.parametrize("component", components_of(kdlab_example.plugin), ids=lambda c: f"{c.kind}-{c.name}")
     def test_conformance(component):
         check_component(component)
 
@@ -171,12 +171,19 @@ def check_data(component: Component, example: dict[str, Any] | None = None, *, s
 
 
 def check_model(component: Component, example: dict[str, Any] | None = None, *,
-                input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, batch_size: int = 4) -> nn.Module:
+                input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10, batch_size: int = 4,
+                data: Data | None = None) -> nn.Module:
     """The factory builds a ``torch.nn.Module`` that maps a batch ``(N, *input_shape)`` to finite logits
-    ``(N, num_classes)``, in training and in eval mode, and whose parameters receive gradients."""
+    ``(N, num_classes)``, in training and in eval mode, and whose parameters receive gradients.
+
+    With ``data`` (e.g. what :func:`check_data` returned), the shapes are the data's and the batch is the first
+    rows of its training split; otherwise the batch is standard normal noise."""
     import torch
     from torch import nn
 
+    if data is not None:
+        input_shape, num_classes = data.input_shape, data.num_classes
+        batch_size = min(batch_size, len(data.train))
     params = _params(component, example)
     model = component.build(params, input_shape=tuple(input_shape), num_classes=num_classes)
     if not isinstance(model, nn.Module):
@@ -184,7 +191,8 @@ def check_model(component: Component, example: dict[str, Any] | None = None, *,
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise _fail(component, "the model has no trainable parameters")
-    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    x = data.train.x[:batch_size].clone() if data is not None else \
+        torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
     model.train()
     out = model(x)
     expected = (batch_size, num_classes)

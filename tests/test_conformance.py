@@ -179,3 +179,11 @@ def test_data_conforms_and_catches_labels_out_of_range_and_unseeded_randomness()
         check_data(_data(labels_offset=1))
     with pytest.raises(ConformanceError, match="differs between two builds"):
         check_data(_data(seeded=False))
+
+
+def test_models_map_a_real_batch_of_digits_to_logits(shared_cache):
+    data = check_data(next(c for c in FIRST_PARTY if (c.kind, c.name) == ("data", "digits")))
+    for comp in FIRST_PARTY:
+        if comp.kind in ("teacher", "student") and comp.name in ("mlp", "cnn2d"):
+            model = check_model(comp, data=data).eval()
+            assert model(data.test.x[:3]).shape == (3, data.num_classes)
