@@ -3,7 +3,9 @@ formats in temporary folders; their errors; and a tiny distillation on each."""
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,39 @@ def test_cifar10_parent_folder_limit_and_seed(cifar_root):
     a, b = _make("cifar10", seed=1, root=str(cifar_root), val_size=20), _make("cifar10", seed=1, root=str(cifar_root), val_size=20)
     c = _make("cifar10", seed=2, root=str(cifar_root), val_size=20)
     assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes every str and bytes as a Python 2 ``str`` (SHORT_BINSTRING/BINSTRING), as the official files are."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj):
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = _save_py2_str
+    dispatch[bytes] = _save_py2_str
+
+
+def test_cifar10_reads_pickles_as_python_2_wrote_them(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"batch_label": "batch", "labels": [i % 10 for i in range(20)],
+                 "data": rng.integers(0, 256, (20, 3072), dtype=np.uint8)}
+        buf = io.BytesIO()
+        _Py2Pickler(buf, protocol=2).dump(batch)
+        # numpy 1.x (and Python 2) name the array reconstructor numpy.core.multiarray
+        (root / name).write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    d = _make("cifar10", root=str(root), val_size=10)
+    assert (len(d.train), len(d.val), len(d.test)) == (90, 10, 20)
+    assert d.test.y.tolist() == [i % 10 for i in range(20)]
 
 
 def test_cifar10_missing_folder(tmp_path):
