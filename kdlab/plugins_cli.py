@@ -148,7 +148,8 @@ def plugins_show(name: str | None, kind: str | None = None, as_json: bool = Fals
     console = _console()
     for d in docs:
         origin = f"plugin {d['plugin']}" + (f", {d['distribution']} {d['version']}" if d["distribution"] else "")
-        console.print(f"[bold]{d['kind']} {d['name']}[/bold] — {escape(d['description'])}  [dim]({escape(origin)})[/dim]")
+        console.print(f"[bold]{d['kind']} {d['name']}[/bold] — {escape(d['description'])}  "
+                      f"[dim]({escape(origin)})[/dim]")
         if not d["params"]:
             console.print("  (no params)")
             continue
