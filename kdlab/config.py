@@ -256,7 +256,8 @@ def _expectation(err: dict[str, Any]) -> str:
     if typ.startswith("literal_error"):
         return f"one of {ctx.get('expected', '')}"
     if typ == "value_error":
-        return msg.removeprefix("Value error, ").removeprefix("expected ")
+        text = msg.removeprefix("Value error, ")
+        return text.removeprefix("expected ") if text.startswith("expected ") else f"a valid value: {text}"
     # pydantic's "Input should be a valid number" -> "a valid number"
     return re.sub(r"^Input should (be )?", "", msg)
 

@@ -337,9 +337,12 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         metrics["train_time_s"] = result.train_time_s
         metrics["best_epoch"] = float(result.best_epoch)
         if tracked:
-            # a final metric with a per-epoch series (val_accuracy) is not logged again: that would add a point
-            # to the curve; the kept weights' value is the curve's value at step best_epoch
-            tracked.log_metrics({k: v for k, v in metrics.items() if k not in result.history[-1]})
+            # Final metrics go at the last epoch's step. val_accuracy also has a per-epoch curve: its final value
+            # (of the kept, best-epoch weights) is logged again only when it differs from the last epoch's, so that
+            # the run's summary value in the MLflow table is the kept model's (the value a study optimises).
+            last = result.history[-1]
+            tracked.log_metrics({k: v for k, v in metrics.items() if k not in last or last[k] != v},
+                                step=result.epochs_run)
             tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
             _log_state_dict(tracked, student, "student")
             log_model = cfg.tracking.log_model if options.log_model is None else options.log_model

@@ -171,11 +171,32 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
     raw = loaded.config.study
     if raw is None:
         raise ConfigError(source.name, [Problem("study", "this file has no `study:` section (see docs/studies.md)", has_value=False)])
+    from pydantic import TypeAdapter
+
+    problems: list[Problem] = []
+    raw = dict(raw)
+    search_raw = raw.pop("search", None) or {}
+    if not isinstance(search_raw, dict):
+        raise ConfigError(source.name, [Problem("study.search", "expected a mapping of dotted config keys to dimensions",
+                                                search_raw, line=source.line_of(("study", "search")))])
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source.name, problems_from_validation(exc, prefix=("study",), source=source)) from None
-    problems = []
+        problems += problems_from_validation(exc, prefix=("study",), source=source)
+        study = StudyConfig()
+    adapter = TypeAdapter(Dimension)
+    for key, spec in search_raw.items():
+        try:
+            study.search[key] = adapter.validate_python(spec)
+        except ValidationError as exc:
+            for p in problems_from_validation(exc, prefix=("study", "search", key), source=source):
+                # drop the union tag pydantic puts in the location (".float", ".int", ".categorical")
+                k = p.key
+                for tag in (".float", ".int", ".categorical"):
+                    if k.startswith(f"study.search.{key}{tag}"):
+                        k = f"study.search.{key}" + k[len(f"study.search.{key}{tag}"):]
+                problems.append(Problem(k, p.message, spec if k == f"study.search.{key}" else p.value,
+                                        line=source.line_of(("study", "search", key))))
     loss_choices = None
     if "loss.name" in study.search:
         dim = study.search["loss.name"]
@@ -240,6 +261,8 @@ def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any]
     out = []
     for ctx in contexts:
         for v in values[:4]:
+            if key == "loss.name":  # a loss chosen by the search starts from its own defaults
+                ctx = {"loss.params": dict(loaded.config.loss.params) if v == loaded.config.loss.name else {}}
             try:
                 load_config(loaded.source, registry=_registry(), overrides={**ctx, key: v})
             except ConfigError as exc:
