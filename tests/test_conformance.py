@@ -187,3 +187,13 @@ def test_models_map_a_real_batch_of_digits_to_logits(shared_cache):
         if comp.kind in ("teacher", "student") and comp.name in ("mlp", "cnn2d"):
             model = check_model(comp, data=data).eval()
             assert model(data.test.x[:3]).shape == (3, data.num_classes)
+
+
+def test_importing_the_kit_is_light():
+    # pytest imports kdlab.testing in every session once kdlab is installed (pytest11): no torch, no MLflow.
+    import subprocess
+    import sys
+
+    code = "import sys, kdlab.testing; print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"

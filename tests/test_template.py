@@ -43,6 +43,12 @@ def _env(site: Path, **extra: str) -> dict[str, str]:
 def test_template_has_one_component_of_each_kind_and_the_kdlab_entry_point():
     assert PROJECT["entry-points"]["kdlab"] == {"example": "kdlab_example.plugin"}
     assert any(d.startswith("kdlab") for d in PROJECT["dependencies"])
+    # the tutorial in docs/plugins.md walks through this template: it must show the same entry point and tests
+    docs = (TEMPLATE.parents[1] / "docs" / "plugins.md").read_text()
+    assert '[project.entry-points.kdlab]\nexample = "kdlab_example.plugin"' in docs
+    tests = (TEMPLATE / "tests" / "test_example.py").read_text()
+    start = tests.index("@pytest.mark.parametrize")
+    assert tests[start: tests.index("\n\n\n", start)] in docs
 
 
 def test_kdlab_discovers_and_lists_the_installed_template(site):
