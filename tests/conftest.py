@@ -10,7 +10,16 @@ import pytest
 import yaml
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Tiny models train fastest single-threaded; two OpenMP threads on a busy 2-core machine are ~10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
