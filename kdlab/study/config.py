@@ -132,7 +132,7 @@ PER_EPOCH_METRICS = ("val_accuracy", "val_loss")
 class StudyConfig(_Strict):
     name: str | None = Field(None, description="study name (default: the file's stem); also the MLflow experiment")
     n_trials: int = Field(20, gt=0, description="total trials of the study (a resumed study runs the rest)")
-    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
+    timeout: float | None = Field(None, gt=0, description="seconds (from the command's start) after which no new trial starts")
     search: dict[str, Dimension] = Field(default_factory=dict)
     objective: Objective | list[Objective] = Field(default_factory=Objective)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -183,6 +183,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     from kdlab.study.report import StudyProgress, finalize, summarize
     from kdlab.tracking import Tracker
 
+    started = time.time()
     lstudy, overrides = load(path, options)
     lstudy.loaded.overrides = overrides
     s = lstudy.study
@@ -207,7 +208,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
         torch.set_num_threads(max(s.threads for s in slots) if slots[0].device == "cpu" else torch.get_num_threads())
         prepare(lstudy, study, tracker, parent, slots[0].device, reporter)
         timeout = options.timeout or s.timeout
-        deadline = time.time() + timeout if timeout else None
+        deadline = started + timeout if timeout else None  # counted from the start, preparation included
         n_workers = min(len(slots), remaining)
         progress = StudyProgress(study, target, lstudy, enabled=reporter.enabled, console=reporter.console)
         env = {k: v for k, v in os.environ.items() if k.startswith("KDLAB_") or k.startswith("MLFLOW_")}
