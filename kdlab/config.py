@@ -54,19 +54,23 @@ class TeacherTrainingConfig(Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
+class InitConfig(Strict):
+    """Start a model from a source model's weights (transfer-learning initialisation)."""
+
+    checkpoint: str | None = Field(None, description="a state_dict file of the source model (loaded with "
+                                                     "weights_only)")
+    mlflow_uri: str | None = Field(None, description="an MLflow model URI or a `.pt` state_dict artifact of the "
+                                                     "source model")
+    freeze: list[str] = Field(default_factory=list, description="dotted module paths whose params are frozen")
+    strict: bool = Field(False, description="require every key to match (else load the matching ones)")
+
+
 class TeacherConfig(ComponentConfig):
     checkpoint: str | None = Field(None, description="load weights from this state_dict file (weights_only)")
     mlflow_uri: str | None = Field(None, description="load from an MLflow model URI, e.g. runs:/<id>/teacher")
     training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
-
-
-class InitConfig(Strict):
-    """Start a model from a source model's weights (transfer-learning initialisation)."""
-
-    checkpoint: str | None = None
-    mlflow_uri: str | None = None
-    freeze: list[str] = Field(default_factory=list, description="dotted module paths whose params are frozen")
-    strict: bool = Field(False, description="require every key to match (else load the matching ones)")
+    init: InitConfig | None = Field(None, description="when kdlab trains the teacher: start it from a source model's "
+                                                      "weights, optionally freezing modules (transfer learning)")
 
 
 class StudentConfig(ComponentConfig):

@@ -161,6 +161,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     comp, params = loaded.components["teacher"], loaded.params["teacher"]
     seed_everything(tcfg.seed)
     model = build_model(comp, params, data).to(device)
+    init_metrics = apply_init(cfg.init, model, "teacher")
     tracked = None
     if track and loaded.config.tracking.enabled:
         tracker = session.tracker(loaded)
@@ -191,6 +192,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             "teacher_params": float(count_params(model)),
             "train_time_s": result.train_time_s,
             "best_epoch": float(result.best_epoch),
+            **init_metrics,
         }
         path = store_teacher(fp, model, {"run_id": tracked.run_id if tracked else None, "metrics": metrics,
                                          "name": cfg.name, "params": cfg.params})
@@ -239,25 +241,30 @@ def _ce_loss() -> Loss:
 
 def init_student(loaded: LoadedConfig, student: nn.Module) -> dict[str, Any]:
     """Transfer-learning initialisation: load a source model's weights, freeze the named modules."""
-    init = loaded.config.student.init
+    return apply_init(loaded.config.student.init, student, "student")
+
+
+def apply_init(init: Any, student: nn.Module, section: str) -> dict[str, Any]:
+    """Load ``init``'s source weights into the model of config ``section`` (student or teacher), freeze modules."""
     if init is None:
         return {}
     if init.checkpoint:
-        state = load_state_dict_file(_checkpoint_path(init.checkpoint), "student.init.checkpoint")
-        loaded_keys = load_weights(student, state, key="student.init.checkpoint", value=init.checkpoint, strict=init.strict)
+        state = load_state_dict_file(_checkpoint_path(init.checkpoint), f"{section}.init.checkpoint")
+        loaded_keys = load_weights(student, state, key=f"{section}.init.checkpoint", value=init.checkpoint,
+                                   strict=init.strict)
     elif init.mlflow_uri:
         source = load_from_mlflow(init.mlflow_uri, None if not init.mlflow_uri.endswith((".pt", ".pth")) else student,
-                                  "student.init.mlflow_uri")
+                                  f"{section}.init.mlflow_uri")
         if source is student:
             loaded_keys = list(student.state_dict())
         else:
-            loaded_keys = load_weights(student, source.state_dict(), key="student.init.mlflow_uri",
+            loaded_keys = load_weights(student, source.state_dict(), key=f"{section}.init.mlflow_uri",
                                        value=init.mlflow_uri, strict=init.strict)
     else:
         loaded_keys = []
     frozen = 0
     for path in init.freeze:
-        module = find_module(student, path, key="student.init.freeze", owner="the student")
+        module = find_module(student, path, key=f"{section}.init.freeze", owner=f"the {section}")
         for p in module.parameters():
             p.requires_grad_(False)
             frozen += p.numel()

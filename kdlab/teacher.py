@@ -52,6 +52,11 @@ def teacher_fingerprint(loaded: LoadedConfig) -> str:
         source = {"mlflow_uri": t.mlflow_uri}
     else:
         source = {"training": t.training.model_dump(mode="json")}
+        if t.init is not None:  # a teacher fine-tuned from a source model is another teacher
+            init = t.init.model_dump(mode="json")
+            if t.init.checkpoint:
+                init["checkpoint"] = file_digest(_checkpoint_path(t.init.checkpoint))
+            source["init"] = init
     return _digest({"v": CACHE_VERSION, "name": t.name, "params": t.params, "source": source,
                     "plugin": comp.distribution, "version": comp.version, "data": data_fingerprint(loaded)})
 

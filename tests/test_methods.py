@@ -427,3 +427,23 @@ def test_multi_extra_teacher_errors_name_the_problem():
                                 "loss.params": {"teachers": [{"name": "mlp", "params": {"hiden": [3]}}]}})
     with pytest.raises(ConfigError, match=r"(?s)loss.params.teachers.0, as a teacher section.*teacher.params.hiden"):
         run(load_config(Source("run.yaml", dump_yaml(cfg))))
+
+
+def test_teacher_init_fine_tunes_a_source_model_and_is_another_teacher(tmp_path):
+    from kdlab.engine import Session, run
+    from kdlab_models.nets import MLP, MLPParams
+
+    source = MLP(MLPParams(hidden=[64]), (1, 8, 8), 10)
+    path = tmp_path / "source.pt"
+    torch.save(source.state_dict(), path)
+    session = Session()
+    plain = tiny_digits_config(**{"tracking.enabled": False})
+    run(load_config(Source("run.yaml", dump_yaml(plain))), session=session)
+    cfg = tiny_digits_config(**{"tracking.enabled": False,
+                                "teacher.init": {"checkpoint": str(path), "freeze": ["blocks.0"]}})
+    result = run(load_config(Source("run.yaml", dump_yaml(cfg))), session=session)
+    assert len(session.teachers) == 2  # the fine-tuned teacher has its own fingerprint
+    teacher = result.teacher
+    assert teacher.metrics["frozen_params"] == 64 * 64 + 64
+    assert torch.equal(teacher.model.state_dict()["blocks.0.0.weight"], source.state_dict()["blocks.0.0.weight"])
+    assert not torch.equal(teacher.model.state_dict()["head.weight"], source.state_dict()["head.weight"])
