@@ -2,6 +2,8 @@
 
 A CNN teacher (cnn1d, trained once and reused) is distilled into an MLP student over 3 seeds per method; the table of
 mean and standard deviation of test accuracy and train time per epoch goes to ``benchmarks/results/methods.md``.
+Two chains are measured beside the losses: kd through a teacher assistant (``assistant:``), and continual learning of
+classes 0-4 then 5-9 with LwF against plain fine-tuning (``continual:``).
 Tracking is off and one CPU thread is used, so that the whole benchmark stays cheap on a shared machine::
 
     .venv/bin/python benchmarks/methods.py [--epochs 30] [--seeds 0 1 2] [--methods ce kd ...] [--fresh]
