@@ -113,8 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = make_console()
     reporter = RichReporter(quiet=args.quiet, console=console)
     result = run(loaded, RunOptions(reporter=reporter))
-    order = ["test_accuracy", "val_accuracy", "teacher_test_accuracy", "agreement", "student_params",
-             "teacher_params", "compression_ratio", "train_time_s"]
+    order = ["test_accuracy", "val_accuracy", "old_task_accuracy", "new_task_accuracy", "forgetting",
+             "teacher_test_accuracy", "assistant_test_accuracy", "agreement", "student_params", "teacher_params",
+             "compression_ratio", "train_time_s"]
     rows = [(k, result.metrics[k]) for k in order if k in result.metrics]
     if not args.quiet:
         console.print(metrics_table(f"{loaded.name}: {loaded.config.student.name} <- "

@@ -44,6 +44,8 @@ class Tracker:
     def __init__(self, uri: str | None, experiment: str):
         _quiet_mlflow()
         import mlflow
+
+        _quiet_mlflow()  # mlflow configures its loggers on import
         from mlflow import MlflowClient
 
         self.uri = uri or paths.default_tracking_uri()
@@ -82,7 +84,9 @@ class Tracker:
 
 
 class TrackedRun:
-    """An MLflow run being written. Per-epoch metrics are buffered and sent with ``log_batch``."""
+    """An MLflow run being written. Params and per-epoch metrics are buffered and sent together with ``log_batch``
+    (every ``flush_every_s`` seconds and when the run ends): each SQLite transaction costs milliseconds, which a short
+    study trial would otherwise spend on tracking (benchmarks/README.md)."""
 
     def __init__(self, tracker: Tracker, run_id: str, flush_every_s: float = 15.0):
         self.tracker = tracker
@@ -90,15 +94,18 @@ class TrackedRun:
         self.run_id = run_id
         self.flush_every_s = flush_every_s
         self._buffer: list[Any] = []
+        self._params: list[Any] = []
         self._last_flush = time.monotonic()
         self.ended = False
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: dict[str, Any], *, defer: bool = False) -> None:
+        """Log params now, or with ``defer`` at the next flush (in at most ``flush_every_s`` seconds, or when the run
+        ends): one transaction fewer for a run that is sure to call :meth:`end`."""
         from mlflow.entities import Param
 
-        items = [Param(k, _param_str(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            _retry(self.client.log_batch, self.run_id, params=items[i : i + 100])
+        self._params.extend(Param(k, _param_str(v)) for k, v in params.items())
+        if not defer:
+            self.flush(metrics=False)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -122,11 +129,18 @@ class TrackedRun:
         self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         self.flush()
 
-    def flush(self) -> None:
-        buf, self._buffer = self._buffer, []
-        for i in range(0, len(buf), 1000):
-            _retry(self.client.log_batch, self.run_id, metrics=buf[i : i + 1000])
-        self._last_flush = time.monotonic()
+    def flush(self, metrics: bool = True) -> None:
+        """Send the buffered params (and, unless ``metrics`` is false, metrics) in as few ``log_batch`` calls as
+        MLflow's limits allow (100 params, 1000 entries per call)."""
+        params, self._params = self._params, []
+        values: list[Any] = []
+        if metrics:
+            values, self._buffer = self._buffer, []
+            self._last_flush = time.monotonic()
+        while params or values:
+            p, params = params[:100], params[100:]
+            m, values = values[: 1000 - len(p)], values[1000 - len(p) :]
+            _retry(self.client.log_batch, self.run_id, metrics=m, params=p)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         _retry(self.client.log_text, self.run_id, text, artifact_file)

@@ -90,7 +90,9 @@ def render_summary(summary: dict[str, Any], console) -> None:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else (f"{v:.4f}" if not v.is_integer() else str(int(v)))
+        if v.is_integer():
+            return f"{int(v):,}"
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
     return str(v)
 
 

@@ -182,7 +182,7 @@ def open_study(spec: WorkerSpec, lstudy):
 
     from kdlab.study.storage import make_storage
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(min(optuna.logging.get_verbosity(), optuna.logging.WARNING))
     return optuna.load_study(study_name=spec.study_name, storage=make_storage(spec.storage_url),
                              sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
 
@@ -193,9 +193,12 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None) -> None
 
     for k, v in spec.plugin_env.items():
         os.environ[k] = v
+    import optuna
     import torch
 
     torch.set_num_threads(spec.threads)
+    # a failed trial's reason is recorded (fail_reason); Optuna's own warning would repeat its traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     from kdlab.config import load_config
     from kdlab.engine import Session
     from kdlab.study.config import load_study_config
