@@ -182,7 +182,7 @@ def open_study(spec: WorkerSpec, lstudy):
 
     from kdlab.study.storage import make_storage
 
-    optuna.logging.set_verbosity(min(optuna.logging.get_verbosity(), optuna.logging.WARNING))
+    optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
     return optuna.load_study(study_name=spec.study_name, storage=make_storage(spec.storage_url),
                              sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
 
