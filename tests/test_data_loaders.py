@@ -21,13 +21,6 @@ from kdlab.plugins import get_registry
 from kdlab_data.cifar import MEAN, STD
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _make(name: str, seed: int = 0, **params) -> kdlab.Data:
     comp = get_registry().get("data", name)

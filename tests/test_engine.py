@@ -22,14 +22,6 @@ from kdlab.paths import default_tracking_uri
 FINAL = ("test_accuracy", "teacher_test_accuracy", "student_params", "teacher_params", "compression_ratio", "agreement")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads spin against other processes (100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -21,6 +21,16 @@ class _Dim(_Strict):
         None, description="sample only in trials where these keys took these values (a value or a list of values)")
 
 
+def _check_range(dim, stepped: bool):
+    if not dim.low < dim.high:
+        raise ValueError(f"low ({dim.low}) must be below high ({dim.high})")
+    if dim.log and dim.low <= 0:
+        raise ValueError(f"log scale needs low > 0 (got {dim.low})")
+    if dim.log and stepped:
+        raise ValueError("log and step cannot be combined")
+    return dim
+
+
 class FloatDim(_Dim):
     type: Literal["float"]
     low: float
@@ -30,13 +40,7 @@ class FloatDim(_Dim):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0 (got {self.low})")
-        if self.log and self.step is not None:
-            raise ValueError("log and step cannot be combined")
-        return self
+        return _check_range(self, stepped=self.step is not None)
 
     def suggest(self, trial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
@@ -60,13 +64,7 @@ class IntDim(_Dim):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0 (got {self.low})")
-        if self.log and self.step != 1:
-            raise ValueError("log and step cannot be combined")
-        return self
+        return _check_range(self, stepped=self.step != 1)
 
     def suggest(self, trial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
