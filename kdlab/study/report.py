@@ -109,7 +109,7 @@ class StudyProgress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+            self._progress = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=20), MofNCompleteColumn(),
                                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=self.console)
             self._progress.start()
             self._task = self._progress.add_task("trials", total=self.target, status="")
@@ -126,11 +126,11 @@ class StudyProgress:
         best = best_trials(self.study)
         best_txt = ""
         if best and len(self.study.directions) == 1:
-            best_txt = f"best {self.metric} {best[0].value:.4f} (trial {best[0].number})"
+            best_txt = f"best {best[0].value:.4f} (#{best[0].number})"
         elif best:
-            best_txt = f"Pareto front: {len(best)} trials"
-        status = (f"running {states.get('RUNNING', 0)}  pruned {states.get('PRUNED', 0)}  "
-                  f"failed {states.get('FAIL', 0)}  {best_txt}")
+            best_txt = f"Pareto {len(best)}"
+        status = (f"run {states.get('RUNNING', 0)} prune {states.get('PRUNED', 0)} "
+                  f"fail {states.get('FAIL', 0)} {best_txt}")
         self._progress.update(self._task, completed=min(self.target, finished_count(self.study)), status=status)
 
     def __exit__(self, *exc):
