@@ -75,6 +75,8 @@ class Session:
         self.teachers: dict[str, Teacher] = {}
         self.outputs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.trackers: dict[tuple[str | None, str], Any] = {}
+        #: training rows (train + transfer, with the teacher's logits) on a device, built once and shared by trials
+        self.train_sets: dict[tuple, TrainSet] = {}
 
     def get_data(self, loaded: LoadedConfig) -> Data:
         fp = data_fingerprint(loaded)
@@ -169,7 +171,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             "kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__,
         }, flush_every_s=loaded.config.tracking.flush_every_s)
         tracked.log_params(flatten({"data": loaded.config.data.model_dump(mode="json"),
-                                    "teacher": cfg.model_dump(mode="json")}))
+                                    "teacher": cfg.model_dump(mode="json")}), defer=True)
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), run_id=tracked.run_id if tracked else None)
     hook = get_plugins().hook
     hook.kdlab_run_start(run=info)
@@ -307,7 +309,7 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
     comp, params = loaded.components["student"], loaded.params["student"]
     student = build_model(comp, params, data).to(device)
     extra_metrics = init_student(loaded, student)
-    train = _train_set(data, loss, outputs, device, use_transfer=tcfg.use_transfer)
+    train = _shared_train_set(session, loaded, teacher, data, loss, outputs, device, tcfg.use_transfer)
     if loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None:
         rows = torch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer) else []))
         _, feats = predict(teacher.model, rows.to(device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
@@ -403,9 +405,24 @@ def _train_set(data: Data, loss: Loss, outputs: dict[str, torch.Tensor] | None, 
         ys.append(torch.full((len(data.transfer),), UNLABELED, dtype=torch.int64))
         if ts is not None:
             ts.append(outputs["transfer"])
-    x, y = torch.cat(xs).to(device), torch.cat(ys).to(device)
-    t = torch.cat(ts).to(device) if (ts is not None and loss.uses_teacher) else None
-    return TrainSet(x, y, t)
+
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:  # no copy when there is one part on the device already
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+
+    t = joined(ts) if (ts is not None and loss.uses_teacher) else None
+    return TrainSet(joined(xs), joined(ys), t)
+
+
+def _shared_train_set(session: Session, loaded: LoadedConfig, teacher: Teacher | None, data: Data, loss: Loss,
+                      outputs: dict[str, torch.Tensor] | None, device: torch.device, use_transfer: bool) -> TrainSet:
+    """The trial's training rows: built once per session (no copy of the data per trial), in a new
+    :class:`TrainSet` each time (a run may attach teacher features to it)."""
+    key = (data_fingerprint(loaded), teacher.fingerprint if teacher is not None and outputs is not None else None,
+           str(device), _transfer_used(data, loss, outputs, use_transfer), loss.uses_teacher)
+    if key not in session.train_sets:
+        session.train_sets[key] = _train_set(data, loss, outputs, device, use_transfer)
+    shared = session.train_sets[key]
+    return TrainSet(shared.x, shared.y, shared.teacher_logits)
 
 
 def _model_builder(data: Data, device: torch.device):
@@ -437,7 +454,7 @@ def _start_run(loaded: LoadedConfig, options: RunOptions, session: Session, teac
     tracked = tracker.start(name, tags=tags, parent_run_id=options.parent_run_id,
                             flush_every_s=cfg.tracking.flush_every_s)
     flat = flatten({k: v for k, v in cfg.resolved_dict().items() if k not in ("study", "tracking")})
-    tracked.log_params({**flat, **options.params})
+    tracked.log_params({**flat, **options.params}, defer=True)  # sent with the metrics: one transaction less
     del plugins
     return tracked
 

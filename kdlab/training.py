@@ -99,10 +99,21 @@ class FeatureCapture:
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer, fused (one kernel per parameter for the whole update) where torch has a fused
+    implementation for the parameters' device and dtype: for small models the per-tensor Python loop of the default
+    implementation is a large share of each step (benchmarks/README.md). Same update rule; falls back to the default
+    implementation where fused is unavailable."""
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        cls, kwargs = torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    else:
+        cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if params and all(p.is_floating_point() for p in params) and len({p.device for p in params}) == 1:
+        try:
+            return cls(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device, dtype or torch version
+            pass
+    return cls(params, **kwargs)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: int, steps_per_epoch: int = 1):
@@ -195,8 +206,10 @@ def fit(
             xs, ys = train.x[perm], train.y[perm]
             ts = train.teacher_logits[perm] if (train.teacher_logits is not None and not live) else None
             tf = {k: v[perm] for k, v in train.teacher_features.items()} if not live else {}
-            sums: dict[str, Tensor] = {}
-            total_sum = torch.zeros((), device=device)
+            # per-step terms are kept (detached, on the device) and summed once per epoch: no host sync and no
+            # arithmetic per step
+            totals: list[Tensor] = []
+            terms: dict[str, tuple[list[Tensor], list[int]]] = {}
             for i in range(0, n, batch_size):
                 xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
                 with autocast:
@@ -213,22 +226,30 @@ def fit(
                         student_features=s_capture.take() if s_capture else {}, teacher_features=tfeat,
                         epoch=epoch, epochs=epochs,
                     ))
-                opt.zero_grad(set_to_none=True)
+                for p in params:  # opt.zero_grad(set_to_none=True) without its per-call profiler/dynamo wrappers
+                    p.grad = None
                 out.total.backward()
                 opt.step()
                 if per_step:
                     sched.step()
-                rows = xb.shape[0]
-                total_sum = total_sum + out.total.detach().float() * rows
+                totals.append(out.total.detach())
                 for name, term in out.terms.items():
-                    t = term.detach().float() * rows
-                    sums[name] = sums[name] + t if name in sums else t
+                    values, steps = terms.setdefault(name, ([], []))
+                    values.append(term.detach())
+                    steps.append(i)
             if sched is not None and not per_step:
                 sched.step()
             val_logits, _ = predict(model, val_x, eval_batch_size)
-            names = list(sums)
-            stacked = torch.stack([total_sum, *(sums[k] for k in names),
-                                   (val_logits.argmax(1) == val_y).float().mean(),
+            # batch means weighted by the batch's rows (the last batch may be short)
+            starts = range(0, n, batch_size)
+            rows = torch.tensor([min(batch_size, n - i) for i in starts], dtype=torch.float32, device=device)
+            names = list(terms)
+            sums = [torch.dot(torch.stack(totals).float().reshape(-1), rows)]
+            for k in names:
+                values, steps = terms[k]
+                weights = rows if len(steps) == len(rows) else rows[[i // batch_size for i in steps]]
+                sums.append(torch.dot(torch.stack(values).float().reshape(-1), weights))
+            stacked = torch.stack([*sums, (val_logits.argmax(1) == val_y).float().mean(),
                                    F.cross_entropy(val_logits, val_y)]).tolist()  # the one host sync per epoch
             train_loss = stacked[0] / n
             if not math.isfinite(train_loss):
