@@ -145,6 +145,8 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
         model = build_model(comp, params, data)
         load_weights(model, state, key="teacher cache", value=fp)
         teacher = Teacher(model, fp, "cache", meta.get("run_id"), meta.get("metrics", {}))
+        if track and loaded.config.tracking.enabled:
+            teacher.run_id = _teacher_run_in_store(loaded, session, teacher, meta)
         reporter.message(f"teacher {cfg.name} reused from cache ({fp[:8]})")
     else:
         teacher = train_teacher(loaded, data, device, session, fp, track=track, reporter=reporter)
@@ -197,7 +199,8 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             **init_metrics,
         }
         path = store_teacher(fp, model, {"run_id": tracked.run_id if tracked else None, "metrics": metrics,
-                                         "name": cfg.name, "params": cfg.params})
+                                         "name": cfg.name, "params": cfg.params,
+                                         "tracking_uri": tracked.tracker.uri if tracked else None})
         if tracked:
             # val_accuracy is not re-logged: its per-epoch series already holds it (at step best_epoch)
             tracked.log_metrics({**metrics, "test_accuracy": metrics["teacher_test_accuracy"]})
@@ -216,6 +219,33 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             tracked.end(status)
         hook.kdlab_run_end(run=info, metrics=metrics, status=status)
     return Teacher(model, fp, "trained", tracked.run_id if tracked else None, metrics)
+
+
+def _teacher_run_in_store(loaded: LoadedConfig, session: Session, teacher: Teacher, meta: dict[str, Any]) -> str | None:
+    """The cached teacher's run in the current tracking store. A teacher trained while tracking to another store
+    gets a run here too (its params, metrics and weights; tag ``kdlab.teacher_source=cache``, no retraining), so that
+    students' ``kdlab.teacher_run_id`` links resolve."""
+    tracker = session.tracker(loaded)
+    run_id = meta.get("run_id")
+    if run_id and meta.get("tracking_uri") in (None, tracker.uri):
+        try:
+            tracker.client.get_run(run_id)
+            return run_id
+        except Exception:  # noqa: BLE001 - deleted, or from another store: record it here
+            pass
+    cfg = loaded.config.teacher
+    tracked = tracker.start(f"teacher-{cfg.name}-{teacher.fingerprint[:8]}", tags={
+        "kdlab.role": "teacher", "kdlab.teacher_fingerprint": teacher.fingerprint, "kdlab.version": __version__,
+        "kdlab.teacher_source": "cache", **({"kdlab.original_run_id": run_id} if run_id else {})})
+    tracked.log_params(flatten({"data": loaded.config.data.model_dump(mode="json"), "teacher": cfg.model_dump(mode="json")}))
+    if teacher.metrics:
+        tracked.log_metrics(teacher.metrics)
+    from kdlab.teacher import teacher_cache_dir
+
+    tracked.log_artifact(teacher_cache_dir() / teacher.fingerprint / "state_dict.pt", "teacher")
+    tracked.log_text(resolved_teacher_yaml(loaded), "config.yaml")
+    tracked.end("FINISHED")
+    return tracked.run_id
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:

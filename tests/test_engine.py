@@ -386,3 +386,23 @@ def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch)
     assert calls == []  # not once: not per step, not per epoch, not for the metrics
     assert second.metrics["teacher_test_accuracy"] == first.metrics["teacher_test_accuracy"]
     assert second.metrics["test_accuracy"] == first.metrics["test_accuracy"]
+
+
+def test_cached_teacher_gets_a_run_in_another_tracking_store(write_config, kdlab_home, tmp_path):
+    """A teacher trained while tracking to one store and reused while tracking to another is recorded there too
+    (no retraining), so the student's kdlab.teacher_run_id link resolves in the store it was logged to."""
+    import mlflow
+
+    from kdlab.cli import main
+
+    path = write_config(tiny_digits_config())
+    assert main(["run", str(path), "--quiet"]) == 0
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["run", str(path), "--quiet", "--tracking-uri", other]) == 0
+    client = mlflow.MlflowClient(other)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    teachers = [r for r in runs if r.data.tags.get("kdlab.role") == "teacher"]
+    students = [r for r in runs if r.data.tags.get("kdlab.role") == "student"]
+    assert len(teachers) == 1 and teachers[0].data.tags["kdlab.teacher_source"] == "cache"
+    assert students[0].data.tags["kdlab.teacher_run_id"] == teachers[0].info.run_id
+    assert "teacher_test_accuracy" in teachers[0].data.metrics
