@@ -92,7 +92,8 @@ def machine() -> str:
             pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{os.cpu_count()} cores ({model}), load average {load:.2f} at start, Python {platform.python_version()}, "
-            f"{', '.join(versions)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; no GPU")
+            f"{', '.join(versions)}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+            f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")
 
 
 def peak_rss_mib() -> float:
