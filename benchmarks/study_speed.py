@@ -173,7 +173,7 @@ def run_side(side: str, workdir: Path, study_file: Path, trials: int, epochs: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sides", nargs="+", default=["hand", "kdlab", "kdlab-1"], choices=["hand", "kdlab", "kdlab-1"])
