@@ -51,9 +51,6 @@ class FloatDim(_Dim):
         n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
         return [round(self.low + i * self.step, 12) for i in range(n)]
 
-    def example(self) -> Any:
-        return self.low
-
 
 class IntDim(_Dim):
     type: Literal["int"]
@@ -72,9 +69,6 @@ class IntDim(_Dim):
     def grid(self) -> list[Any]:
         return list(range(self.low, self.high + 1, self.step))
 
-    def example(self) -> Any:
-        return self.low
-
 
 class CategoricalDim(_Dim):
     type: Literal["categorical"]
@@ -88,9 +82,6 @@ class CategoricalDim(_Dim):
 
     def grid(self) -> list[Any]:
         return [c if isinstance(c, (type(None), bool, int, float, str)) else _yaml(c) for c in self.choices]
-
-    def example(self) -> Any:
-        return self.choices[0]
 
 
 def _yaml(v: Any) -> str:
@@ -123,8 +114,6 @@ class PrunerConfig(_Strict):
 #: metrics an objective may name (final metrics; test metrics are recorded, never optimised)
 OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "agreement", "student_params", "compression_ratio", "train_time_s",
                      "teacher_val_accuracy")
-#: metrics also reported each epoch, so that a pruner can act on them
-PER_EPOCH_METRICS = ("val_accuracy", "val_loss")
 
 
 class StudyConfig(_Strict):
@@ -150,9 +139,11 @@ register_title(StudyConfig)
 
 
 class LoadedStudy:
-    def __init__(self, loaded: LoadedConfig, study: StudyConfig):
+    def __init__(self, loaded: LoadedConfig, study: StudyConfig, overrides: dict[str, Any] | None = None):
         self.loaded = loaded
         self.study = study
+        #: the config overrides every run of the study applies (``--set``, the study's experiment)
+        self.overrides = dict(overrides or {})
 
     @property
     def name(self) -> str:

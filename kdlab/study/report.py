@@ -230,7 +230,7 @@ def _log_best_model(study, lstudy, tracker, best: dict[str, Any]) -> None:
 
     trial = study.trials[best["number"]]
     chosen = {k: _decode(lstudy, k, v) for k, v in trial.params.items()}
-    loaded = load_config(lstudy.loaded.source, overrides={**getattr(lstudy.loaded, "overrides", {}),
+    loaded = load_config(lstudy.loaded.source, overrides={**lstudy.overrides,
                                                           **trial_overrides(lstudy, chosen)})
     data = Session().get_data(loaded)
     model = build_model(loaded.components["student"], loaded.params["student"], data)

@@ -45,7 +45,7 @@ def load(path: str, options: StudyOptions) -> tuple[LoadedStudy, dict[str, Any]]
     # one MLflow experiment per study (named after it): the teacher, the baseline and every trial go there
     overrides["tracking.experiment"] = lstudy.name
     loaded = load_config(path, overrides=overrides)
-    return LoadedStudy(loaded, lstudy.study), overrides
+    return LoadedStudy(loaded, lstudy.study, overrides), overrides
 
 
 def storage_url(lstudy: LoadedStudy, options: StudyOptions) -> str:
@@ -156,7 +156,7 @@ def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str
 
             tracker.client.log_batch(parent_run_id, tags=[RunTag("kdlab.teacher_run_id", teacher.run_id)])
     if lstudy.study.baseline and ATTR_BASELINE not in study.user_attrs:
-        base = load_config(loaded.source, overrides={**_overrides_of(loaded), "loss.name": "ce", "loss.params": {}})
+        base = load_config(loaded.source, overrides={**lstudy.overrides, "loss.name": "ce", "loss.params": {}})
         result = run(base, RunOptions(role="baseline", tracker=tracker, parent_run_id=parent_run_id,
                                       run_name="baseline-ce", device=device, reporter=reporter, log_model=False,
                                       tags={"kdlab.study": lstudy.name}), session)
@@ -164,10 +164,6 @@ def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str
         study.set_user_attr(ATTR_BASELINE, {**bm, "run_id": result.run_id})
         tracker.client.log_batch(parent_run_id, metrics=_metrics({f"baseline_{k}": v for k, v in bm.items()
                                                                   if k in ("test_accuracy", "val_accuracy")}))
-
-
-def _overrides_of(loaded: LoadedConfig) -> dict[str, Any]:
-    return getattr(loaded, "overrides", {})
 
 
 def _metrics(d: dict[str, float], step: int = 0):
@@ -185,7 +181,6 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
 
     started = time.time()
     lstudy, overrides = load(path, options)
-    lstudy.loaded.overrides = overrides
     s = lstudy.study
     url = storage_url(lstudy, options)
     study = create_or_resume(lstudy, url)
