@@ -139,6 +139,14 @@ def verdict(value: float, target: float, at_most: bool = True) -> str:
     return f"{'met' if ok else 'MISSED'} (target {'<=' if at_most else '>='} {target:g}x)"
 
 
+def report(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's markdown table; with ``--write`` also save it as ``results/<name>``."""
+    print()
+    print(text)
+    if write:
+        print(f"wrote {write_result(name, text)}")
+
+
 def write_result(name: str, text: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

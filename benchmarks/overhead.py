@@ -166,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {C.machine()}.",
         "",
     ])
-    print()
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('overhead.md', text)}")
+    C.report('overhead.md', text, args.write)
     del warm, home
     return 0
 

@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {C.machine()}.",
         "",
     ])
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('profile.md', text)}")
+    C.report('profile.md', text, args.write)
     return 0
 
 

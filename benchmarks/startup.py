@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {C.machine()}.",
         "",
     ])
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('startup.md', text)}")
+    C.report('startup.md', text, args.write)
     return 0
 
 

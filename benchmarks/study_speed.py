@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print()
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('study_speed.md', text)}")
+    C.report('study_speed.md', text, args.write)
     return 0
 
 

@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {C.machine()}.",
         "",
     ])
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('switches.md', text)}")
+    C.report('switches.md', text, args.write)
     return 0
 
 

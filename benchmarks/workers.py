@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print()
-    print(text)
-    if args.write:
-        print(f"wrote {C.write_result('workers.md', text)}")
+    C.report('workers.md', text, args.write)
     return 0
 
 
