@@ -38,6 +38,33 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _store_engine(tracker: Tracker) -> tuple[bool, Any]:
+    """(whether the store's connections are known, the SQLAlchemy engine holding them or None)."""
+    try:
+        store = tracker.client._tracking_client.store
+    except AttributeError:
+        return False, None
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        # file and HTTP stores hold no connection that a child could share
+        return not type(store).__name__.lower().startswith("sqlalchemy"), None
+    return True, engine
+
+
+def can_release_connections(tracker: Tracker) -> bool:
+    """Whether :func:`release_connections` can close every database connection of ``tracker``'s store."""
+    return _store_engine(tracker)[0]
+
+
+def release_connections(tracker: Tracker) -> None:
+    """Close the pooled database connections of ``tracker``'s store, so that a process forked next opens its own
+    (SQLAlchemy's rule for ``fork``: no connection may cross into the child). This process reconnects on its next
+    call."""
+    engine = _store_engine(tracker)[1]
+    if engine is not None:
+        engine.dispose()
+
+
 class Tracker:
     """One MLflow experiment on one tracking URI."""
 

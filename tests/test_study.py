@@ -273,18 +273,6 @@ def test_resume_keeps_completed_trials_and_fails_interrupted_ones(write_config, 
     assert len([r for r in runs if r.data.tags.get("kdlab.role") == "study"]) == 1  # the parent run is reused
 
 
-def test_two_cpu_workers_run_exactly_n_trials(write_config, kdlab_home):
-    path = write_config(study_config(n_trials=5, workers=2, baseline=False), "pair.yaml")
-    summary = run_study(str(path), StudyOptions(quiet=True))
-    study = load_study(kdlab_home, "pair")
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == 5 and len(set(numbers)) == 5
-    assert summary["states"] == {"COMPLETE": 5}
-    _, runs = mlflow_runs(kdlab_home, "pair")
-    names = sorted(r.info.run_name for r in runs if r.data.tags.get("kdlab.role") == "trial")
-    assert names == [f"trial-{i}" for i in range(5)]
-
-
 def test_multi_objective_study_has_a_pareto_front(write_config, kdlab_home):
     cfg = study_config(n_trials=3, baseline=False, search={
         "student.params.hidden": {"type": "categorical", "choices": [[4], [32]]},

@@ -127,6 +127,8 @@ class StudyConfig(_Strict):
     storage: str | None = Field(None, description="Optuna storage URL or journal file (default: $KDLAB_HOME/optuna.journal)")
     devices: Literal["auto", "cpu"] | list[str] = "auto"
     workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per CPU core")
+    start_method: Literal["auto", "spawn"] = Field(
+        "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
     log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
 

@@ -133,8 +133,11 @@ def _fail_stale_runs(tracker, parent_run_id: str) -> None:
         _retry(tracker.client.set_terminated, r.info.run_id, "FAILED")
 
 
-def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str, reporter) -> None:
-    """Train or load the teacher and cache its outputs once for every worker; train the `ce` baseline once."""
+def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str, reporter):
+    """Train or load the teacher and cache its outputs once for every worker; train the `ce` baseline once.
+
+    Returns the session holding the data and the teacher's outputs (reused by workers that share this process's
+    memory: the in-process worker and forked ones)."""
     from kdlab.engine import RunOptions, Session, get_teacher, run
     from kdlab.teacher import teacher_outputs
     from kdlab.training import resolve_device
@@ -145,7 +148,7 @@ def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str
     if loaded.config.teacher is not None:
         data = session.get_data(loaded)
         teacher = get_teacher(loaded, data, dev, session, track=loaded.config.tracking.enabled, reporter=reporter)
-        outputs = teacher_outputs(teacher, data, dev)
+        outputs = session.outputs.setdefault((teacher.fingerprint, str(dev)), teacher_outputs(teacher, data, dev))
         y = {k: s.y.to(dev) for k, s in data.splits().items() if s.y is not None}
         tm = {"teacher_test_accuracy": float((outputs["test"].argmax(1) == y["test"]).float().mean()),
               "teacher_val_accuracy": float((outputs["val"].argmax(1) == y["val"]).float().mean())}
@@ -164,6 +167,7 @@ def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str
         study.set_user_attr(ATTR_BASELINE, {**bm, "run_id": result.run_id})
         tracker.client.log_batch(parent_run_id, metrics=_metrics({f"baseline_{k}": v for k, v in bm.items()
                                                                   if k in ("test_accuracy", "val_accuracy")}))
+    return session
 
 
 def _metrics(d: dict[str, float], step: int = 0):
@@ -177,7 +181,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     """Run (or resume) the study in ``path``. Returns the summary (see :func:`kdlab.study.report.summarize`)."""
     from kdlab.console import RichReporter
     from kdlab.study.report import StudyProgress, finalize, summarize
-    from kdlab.tracking import Tracker
+    from kdlab.tracking import Tracker, _retry, release_connections
 
     started = time.time()
     lstudy, overrides = load(path, options)
@@ -196,12 +200,12 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     reporter = RichReporter(quiet=options.quiet, console=console)
     if stale:
         reporter.message(f"resuming {lstudy.name}: trials {stale} were interrupted and are marked failed")
-    status = "FINISHED"
+    status, workers_started = "FINISHED", None
     try:
         import torch
 
         torch.set_num_threads(max(s.threads for s in slots) if slots[0].device == "cpu" else torch.get_num_threads())
-        prepare(lstudy, study, tracker, parent, slots[0].device, reporter)
+        session = prepare(lstudy, study, tracker, parent, slots[0].device, reporter)
         timeout = options.timeout or s.timeout
         deadline = started + timeout if timeout else None  # counted from the start, preparation included
         n_workers = min(len(slots), remaining)
@@ -211,11 +215,17 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
                             tracking_uri=tracker.uri, experiment=tracker.experiment_name, parent_run_id=parent,
                             device=slot.device, threads=slot.threads, index=slot.index, deadline=deadline,
                             budget=remaining, plugin_env=env) for slot in slots[:n_workers]]
-        with progress:
-            if n_workers == 1:
-                run_worker(specs[0], on_trial=lambda st: progress.update())
-            elif n_workers > 1:
-                _run_processes(specs, progress)
+        if n_workers == 1:
+            workers_started = "in-process"
+            _preimport()  # kept out of the first trial's time, as for forked workers
+            with progress:
+                run_worker(specs[0], on_trial=lambda st: progress.update(), session=session)
+        elif n_workers > 1:
+            trackers = [tracker, *session.trackers.values()]
+            workers_started = start_method(s.start_method, specs, trackers)
+            _retry(tracker.client.set_tag, parent, "kdlab.worker_start", workers_started)
+            _run_processes(specs, progress, workers_started, session if workers_started == "fork" else None,
+                           before_fork=lambda: [release_connections(t) for t in trackers])
     except KeyboardInterrupt:
         status = "KILLED"
         reporter.message("interrupted: run the same command again to resume the study")
@@ -229,25 +239,73 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
             reporter.done()
     summary = summarize(study)
     summary["interrupted"] = status == "KILLED"
+    summary["worker_start"] = workers_started
     return summary
 
 
-def _run_processes(specs: list[WorkerSpec], progress) -> None:
+def start_method(asked: str, specs: list[WorkerSpec], trackers: list) -> str:
+    """``fork`` where it is safe and `spawn` otherwise.
+
+    A forked worker starts at once: it shares the imports, the data and the teacher's outputs of this process
+    (copy-on-write) instead of loading them again (seconds per worker). It is safe only when:
+
+    * the platform is Linux (macOS system libraries do not survive fork);
+    * every worker trains on the CPU with one thread. CUDA cannot be used after fork, and OpenMP's thread pool
+      deadlocks in a child that runs multi-threaded after its parent did;
+    * CUDA is not initialised here, and this process runs no other thread;
+    * the database connections of every tracking store in ``trackers`` can be closed first, so that none is shared
+      with a child.
+    """
+    import sys
+    import threading
+
+    import torch
+
+    if asked == "spawn" or sys.platform != "linux":
+        return "spawn"
+    if any(spec.device != "cpu" or spec.threads != 1 for spec in specs):
+        return "spawn"
+    if torch.cuda.is_initialized() or threading.active_count() > 1:
+        return "spawn"
+    from kdlab.tracking import can_release_connections
+
+    return "fork" if all(can_release_connections(t) for t in trackers) else "spawn"
+
+
+def _preimport() -> None:
+    """Import, once before forking, what every trial would otherwise import in each worker: building an
+    optimizer imports torch's compiler stack (about 2 s)."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def _run_processes(specs: list[WorkerSpec], progress, method: str = "spawn", session=None,
+                   before_fork=None) -> None:
+    """Run one worker process per spec; ``session`` (fork only) is inherited by the workers, and ``before_fork``
+    (fork only) closes what must not cross into them."""
     import multiprocessing as mp
 
     from kdlab.study.worker import worker_entry
 
-    ctx = mp.get_context("spawn")
+    if method == "fork":
+        _preimport()
+        if before_fork is not None:
+            before_fork()
+    ctx = mp.get_context(method)
     counter, lock = ctx.Value("i", 0), ctx.Lock()
-    procs = [ctx.Process(target=worker_entry, args=(spec, counter, lock), name=f"kdlab-worker-{spec.index}")
+    args = (counter, lock, session) if method == "fork" else (counter, lock)
+    procs = [ctx.Process(target=worker_entry, args=(spec, *args), name=f"kdlab-worker-{spec.index}")
              for spec in specs]
+    # started before the live progress display, whose refresh thread must not be running at a fork
     for p in procs:
         p.start()
     try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=1.0 / len(procs))
-            progress.update()
+        with progress:
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(timeout=1.0 / len(procs))
+                progress.update()
     except KeyboardInterrupt:
         # the workers got the same SIGINT: give them time to record their trials as failed, then stop them
         deadline = time.time() + 20
@@ -257,7 +315,6 @@ def _run_processes(specs: list[WorkerSpec], progress) -> None:
             if p.is_alive():
                 p.terminate()
         raise
-    progress.update()
     bad = [p for p in procs if p.exitcode not in (0, None)]
     if bad:
         from kdlab.errors import KdlabError

@@ -187,8 +187,10 @@ def open_study(spec: WorkerSpec, lstudy):
                              sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
 
 
-def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None) -> None:
-    """Claim trials from the shared ``counter`` until the budget or the deadline is reached."""
+def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session=None) -> None:
+    """Claim trials from the shared ``counter`` until the budget or the deadline is reached.
+
+    ``session``: the data and teacher outputs already loaded by this process (in-process or forked workers)."""
     import os
 
     for k, v in spec.plugin_env.items():
@@ -207,7 +209,7 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None) -> None
     loaded = load_config(spec.config_path, overrides=spec.overrides)
     lstudy = load_study_config(loaded)
     study = open_study(spec, lstudy)
-    session = Session()
+    session = session or Session()
     tracker = Tracker(spec.tracking_uri, spec.experiment)
     objective = Objective(spec, lstudy, session, tracker)
     claimed = 0
@@ -227,11 +229,11 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None) -> None
             on_trial(study)
 
 
-def worker_entry(spec: WorkerSpec, counter, lock) -> None:
+def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:
     """Process entry point (top level, so that ``spawn`` can import it)."""
     import sys
 
     try:
-        run_worker(spec, counter, lock)
+        run_worker(spec, counter, lock, session=session)
     except KeyboardInterrupt:
         sys.exit(130)
