@@ -68,4 +68,6 @@ def test_workers_parts(bench_env):
     bench = _load("workers")
     assert bench.hwm_mib(os.getpid()) > 0
     assert bench.children(os.getpid()) == [] or all(isinstance(p, int) for p in bench.children(os.getpid()))
-    assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1"}
+    assert 0 < bench.pss_mib(os.getpid()) <= bench.hwm_mib(os.getpid())
+    assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1", "2x1s"}
+    assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each
