@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdlab.errors import ConfigError, Problem
+from kdlab.errors import ConfigError, PluginError, Problem
 from kdlab.registry import Registry, UnknownComponent
 
 
@@ -387,6 +387,16 @@ def load_config(
         components[kind] = comp
         params[kind] = p
         comp_cfg.params = p.model_dump(mode="json")
+    if cfg.assistant is not None:
+        # the assistant is a student architecture: its name and params are checked here, not at its stage's start
+        found, _, p = _resolve_component("assistant", "student", cfg.assistant.name, cfg.assistant.params, registry,
+                                         source)
+        problems += found
+        if p is not None:
+            cfg.assistant.params = p.model_dump(mode="json")
+        if cfg.teacher is None:
+            problems.append(Problem("assistant", "a teacher assistant needs a `teacher:` section to distil from",
+                                    cfg.assistant.name, line=source.line_of(("assistant",))))
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both", cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))
     if problems:
@@ -401,6 +411,8 @@ def _resolve_component(section: str, kind: str, name: str, values: dict[str, Any
         comp = registry.get(kind, name)
     except UnknownComponent as exc:
         return [Problem(f"{section}.name", _unknown_message(exc), name, line=source.line_of((section, "name")))], None, None
+    except PluginError as exc:  # a name two plugins registered: unusable until one is disabled
+        return [Problem(f"{section}.name", str(exc), name, line=source.line_of((section, "name")))], None, None
     try:
         return [], comp, comp.validate_params(values)
     except ValidationError as exc:

@@ -7,7 +7,6 @@ import pytest
 from conftest import tiny_digits_config
 from kdlab.config import ConfigError, Source, dump_yaml, load_config
 from kdlab.engine import run
-from kdlab.errors import KdlabError
 
 
 def test_teacher_assistant_student_chain_is_tracked_stage_by_stage(kdlab_home):
@@ -37,11 +36,23 @@ def test_assistant_needs_a_teacher():
     cfg = tiny_digits_config(assistant={"name": "mlp"}, **{"tracking.enabled": False, "loss.name": "ce",
                                                            "loss.params": {}})
     cfg.pop("teacher")
-    with pytest.raises(KdlabError, match="needs a `teacher:` section"):
-        run(load_config(Source("run.yaml", dump_yaml(cfg))))
+    with pytest.raises(ConfigError, match="needs a `teacher:` section") as info:  # when the file is read
+        load_config(Source("run.yaml", dump_yaml(cfg)))
+    assert info.value.problems[0].key == "assistant"
 
 
-def test_assistant_params_are_validated_against_the_student_architectures():
+def test_assistant_params_are_validated_when_the_file_is_read(write_config, capsys):
+    from kdlab.cli import main
+
     cfg = tiny_digits_config(assistant={"name": "mlp", "params": {"hiden": [8]}}, **{"tracking.enabled": False})
-    with pytest.raises(ConfigError, match="hiden"):
-        run(load_config(Source("run.yaml", dump_yaml(cfg))))
+    path = write_config(cfg, "ta.yaml")
+    with pytest.raises(ConfigError, match="hiden") as info:
+        load_config(str(path))
+    assert [p.key for p in info.value.problems] == ["assistant.params.hiden"]
+    assert main(["validate", str(path)]) != 0  # `kdlab validate` catches it without running anything
+    err = capsys.readouterr().err
+    assert "ta.yaml" in err and "assistant.params.hiden" in err and "did you mean 'hidden'" in err
+    cfg["assistant"] = {"name": "mlpp"}
+    with pytest.raises(ConfigError, match="assistant.name") as info:
+        load_config(str(write_config(cfg, "ta2.yaml")))
+    assert "mlp" in str(info.value)  # the known architectures are listed

@@ -129,6 +129,27 @@ def test_duplicate_component_names_name_both_plugins(plugins, capsys):
     assert any(f.name in ("test-dup", "kdlab-losses") and "registered twice" in f.reason for f in plugins.failures)
 
 
+def test_a_config_naming_a_duplicate_gets_a_config_error(plugins, write_config, capsys):
+    from conftest import tiny_digits_config
+
+    from kdlab.config import load_config
+    from kdlab.errors import ConfigError
+
+    plugins.register(_plugin(kdlab_register_losses=lambda register: register("kd", Echo, EchoParams)), "test-dup")
+    path = write_config(tiny_digits_config(), "clash.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    msg = str(info.value)
+    assert "clash.yaml" in msg and "loss.name" in msg and "'kd'" in msg
+    assert "registered twice" in msg and "plugin 'test-dup'" in msg and "KDLAB_DISABLE_PLUGINS" in msg
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith("loss:")) + 1
+    assert f"line {line}" in msg
+    from kdlab.cli import main
+
+    assert main(["validate", str(path)]) == ConfigError.exit_code  # a problem of this file, found before any run
+    assert "loss.name" in capsys.readouterr().err
+
+
 def test_duplicate_within_one_plugin():
     reg = Registry()
     register = reg.registrar("data", "test-twice", "kdlab-twice", "1.2")
@@ -137,15 +158,6 @@ def test_duplicate_within_one_plugin():
     with pytest.raises(PluginError, match=r"data 'same' is registered twice: by plugin 'test-twice' \(kdlab-twice 1.2\)"):
         reg.get("data", "same")
     assert reg.failures[0].name == "test-twice"
-
-
-def test_a_duplicate_name_in_a_config_is_a_plugin_error(plugins, write_config):
-    from conftest import tiny_digits_config
-
-    from kdlab.cli import main
-
-    plugins.register(_plugin(kdlab_register_losses=lambda register: register("kd", Echo, EchoParams)), "test-dup")
-    assert main(["validate", str(write_config(tiny_digits_config()))]) == PluginError.exit_code
 
 
 def test_unknown_hook_names_the_plugin_and_suggests(plugins):
