@@ -49,26 +49,26 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def hwm_mib(pid: int) -> float | None:
+def _proc_mib(pid: int, file: str, field: str) -> float | None:
+    """A ``field: N kB`` line of ``/proc/PID/FILE``, in MiB (None once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def hwm_mib(pid: int) -> float | None:
+    """Peak resident set size (``VmHWM``)."""
+    return _proc_mib(pid, "status", "VmHWM")
 
 
 def pss_mib(pid: int) -> float | None:
     """Proportional set size: pages shared with other processes (a forked worker's inherited imports and data)
     counted in proportion, so the PSS of all processes adds up to the memory they use together."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _proc_mib(pid, "smaps_rollup", "Pss")
 
 
 def hand_trials(n: int, epochs: int) -> None:
