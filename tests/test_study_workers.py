@@ -138,6 +138,7 @@ def test_forked_workers_reuse_the_prepared_data_and_record_every_trial(tmp_path,
     study = load_study(kdlab_home, "forked")
     assert sorted(t.number for t in study.trials) == list(range(6))
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
     _, runs = mlflow_runs(kdlab_home, "forked")
     parent = next(r for r in runs if r.data.tags.get("kdlab.role") == "study")
     assert parent.data.tags["kdlab.worker_start"] == "fork" and parent.info.status == "FINISHED"

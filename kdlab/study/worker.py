@@ -17,6 +17,7 @@ ATTR_METRICS = "metrics"
 ATTR_RUN_ID = "mlflow_run_id"
 ATTR_FAIL = "fail_reason"
 ATTR_DEVICE = "device"
+ATTR_WORKER = "worker"
 INTERRUPTED = "interrupted"
 
 
@@ -89,6 +90,7 @@ class Objective:
 
         chosen = sample(self.lstudy, trial)
         trial.set_user_attr(ATTR_DEVICE, self.spec.device)
+        trial.set_user_attr(ATTR_WORKER, self.spec.index)
         state, metrics, run_id = "FAIL", {}, None
         try:
             loaded = load_config(self.lstudy.loaded.source,
