@@ -14,7 +14,8 @@ from kdlab.errors import ConfigError, Problem
 from kdlab.study.config import LoadedStudy, load_study_config
 from kdlab.study.devices import plan_slots
 from kdlab.study.storage import default_storage_url, is_local, make_storage
-from kdlab.study.worker import ATTR_FAIL, ATTR_RUN_ID, INTERRUPTED, WorkerSpec, build_pruner, build_sampler, run_worker
+from kdlab.study.worker import (ATTR_FAIL, ATTR_RUN_ID, INTERRUPTED, WorkerSpec, build_pruner, build_sampler, preimport,
+                                run_worker)
 
 #: Optuna study user attrs (public: read by `kdlab study show`)
 ATTR_PARENT = "mlflow_parent_run_id"
@@ -217,7 +218,6 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
                             budget=remaining, plugin_env=env) for slot in slots[:n_workers]]
         if n_workers == 1:
             workers_started = "in-process"
-            _preimport()  # kept out of the first trial's time, as for forked workers
             with progress:
                 run_worker(specs[0], on_trial=lambda st: progress.update(), session=session)
         elif n_workers > 1:
@@ -272,14 +272,6 @@ def start_method(asked: str, specs: list[WorkerSpec], trackers: list) -> str:
     return "fork" if all(can_release_connections(t) for t in trackers) else "spawn"
 
 
-def _preimport() -> None:
-    """Import, once before forking, what every trial would otherwise import in each worker: building an
-    optimizer imports torch's compiler stack (about 2 s)."""
-    import torch
-
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-
-
 def _run_processes(specs: list[WorkerSpec], progress, method: str = "spawn", session=None,
                    before_fork=None) -> None:
     """Run one worker process per spec; ``session`` (fork only) is inherited by the workers, and ``before_fork``
@@ -289,7 +281,7 @@ def _run_processes(specs: list[WorkerSpec], progress, method: str = "spawn", ses
     from kdlab.study.worker import worker_entry
 
     if method == "fork":
-        _preimport()
+        preimport()  # once here, shared by the forked workers
         if before_fork is not None:
             before_fork()
     ctx = mp.get_context(method)
