@@ -46,7 +46,7 @@ def _store_engine(tracker: Tracker) -> tuple[bool, Any]:
         return False, None
     engine = getattr(store, "engine", None)
     if engine is None:
-        # file and HTTP stores hold no connection that a child could share
+        # a file store holds no connection; an HTTP store's sessions are cached per process id by MLflow
         return not type(store).__name__.lower().startswith("sqlalchemy"), None
     return True, engine
 

@@ -149,7 +149,7 @@ def prepare(lstudy: LoadedStudy, study, tracker, parent_run_id: str, device: str
     if loaded.config.teacher is not None:
         data = session.get_data(loaded)
         teacher = get_teacher(loaded, data, dev, session, track=loaded.config.tracking.enabled, reporter=reporter)
-        outputs = session.outputs.setdefault((teacher.fingerprint, str(dev)), teacher_outputs(teacher, data, dev))
+        outputs = session.outputs[(teacher.fingerprint, str(dev))] = teacher_outputs(teacher, data, dev)
         y = {k: s.y.to(dev) for k, s in data.splits().items() if s.y is not None}
         tm = {"teacher_test_accuracy": float((outputs["test"].argmax(1) == y["test"]).float().mean()),
               "teacher_val_accuracy": float((outputs["val"].argmax(1) == y["val"]).float().mean())}
