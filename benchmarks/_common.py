@@ -139,8 +139,10 @@ def verdict(value: float, target: float, at_most: bool = True) -> str:
     return f"{'met' if ok else 'MISSED'} (target {'<=' if at_most else '>='} {target:g}x)"
 
 
-def report(name: str, text: str, write: bool) -> None:
-    """Print a benchmark's markdown table; with ``--write`` also save it as ``results/<name>``."""
+def report(name: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's markdown (``lines``, then the machine it ran on); with ``--write`` also save it as
+    ``results/<name>``."""
+    text = "\n".join([*lines, "", f"Machine: {machine()}.", ""])
     print()
     print(text)
     if write:

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"kdlab trial (`engine.run`, tracking {'off' if args.no_track else 'on, SQLite'})", mk, mk / steps * 1e6,
          C.median(accs["kdlab"]), f"{ratio:.3f}x"],
     ]
-    text = "\n".join([
+    lines = [
         f"### Overhead of one trial ({args.repeats} alternated repeats, {args.epochs} epochs, {steps} steps, "
         f"{args.threads} torch thread(s), {args.device})",
         "",
@@ -162,11 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"+ the file's framing). Trial rows share the session's tensors (no copy per trial): "
         f"{'yes' if no_copy else 'NO'} (one set of rows built for all trials, in the storage of the data and of the "
         "cached outputs).",
-        "",
-        f"Machine: {C.machine()}.",
-        "",
-    ])
-    C.report('overhead.md', text, args.write)
+    ]
+    C.report('overhead.md', lines, args.write)
     del warm, home
     return 0
 

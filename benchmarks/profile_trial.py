@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     n_opt = n_params * steps
     epochs = args.epochs
 
-    text = "\n".join([
+    lines = [
         f"### Profile of one trial ({args.epochs} epochs, {steps} steps, 1 thread, tracking on)",
         "",
         f"Wall time without a profiler: median {C.median(plain):.3f} s ({C.median(plain) / steps * 1e6:.0f} µs per "
@@ -106,11 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         ops.strip(),
         "```",
-        "",
-        f"Machine: {C.machine()}.",
-        "",
-    ])
-    C.report('profile.md', text, args.write)
+    ]
+    C.report('profile.md', lines, args.write)
     return 0
 
 

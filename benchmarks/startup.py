@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ["`kdlab --help`", mh, ", ".join(help_mods) or "none of them"],
         ["`kdlab plugins`", C.median(plugins_t), ", ".join(plugins_mods) or "none of them"],
     ]
-    text = "\n".join([
+    lines = [
         f"### Start-up ({args.runs} runs of each, fresh processes; heavy packages checked: {', '.join(HEAVY)})",
         "",
         C.table(["command", "median wall s", "heavy packages imported"], rows),
@@ -96,11 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- `kdlab plugins` imports MLflow: {'YES — MISSED' if 'mlflow' in plugins_mods else 'no — met'}.",
         "- Heaviest imports of `kdlab --help` (cumulative ms, `-X importtime`): "
         + ", ".join(f"{name} {ms:.0f}" for name, ms in heavy) + ".",
-        "",
-        f"Machine: {C.machine()}.",
-        "",
-    ])
-    C.report('startup.md', text, args.write)
+    ]
+    C.report('startup.md', lines, args.write)
     return 0
 
 

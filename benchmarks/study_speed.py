@@ -226,12 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Threads: the hand-written study ran with torch's default, {hand_threads} thread(s); kdlab's workers "
         "with 1 each under `workers: auto`, a lone worker with every core (`plan_slots`).",
         "- All times (s): " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in times[s]) for s in args.sides) + ".",
-        "",
-        f"Machine: {C.machine()}.",
-        "",
     ]
-    text = "\n".join(lines)
-    C.report('study_speed.md', text, args.write)
+    C.report('study_speed.md', lines, args.write)
     return 0
 
 

@@ -59,16 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     base = rows[0][2]
     rows = [r + [f"{r[2] / base:.2f}x"] for r in rows]
-    text = "\n".join([
+    lines = [
         f"### Speed switches ({args.epochs} epochs, {args.threads} thread(s), tracking off, CPU)",
         "",
         C.table(["switch", "first run s", "second run s", "test accuracy", "final train loss", "second vs default"],
                 rows),
-        "",
-        f"Machine: {C.machine()}.",
-        "",
-    ])
-    C.report('switches.md', text, args.write)
+    ]
+    C.report('switches.md', lines, args.write)
     return 0
 
 

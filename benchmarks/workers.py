@@ -240,12 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "- With one worker the trials run in the main process; peak RSS per worker is the workers' `VmHWM`, and PSS the "
         "peak of their proportional set size (shared pages split between the processes sharing them); small "
         "children (the multiprocessing resource tracker) are left out.",
-        "",
-        f"Machine: {C.machine()}.",
-        "",
     ]
-    text = "\n".join(lines)
-    C.report('workers.md', text, args.write)
+    C.report('workers.md', lines, args.write)
     return 0
 
 
