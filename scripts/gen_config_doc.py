@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from kdlab.config import _inner_model  # the model inside Optional/list/dict annotations, as load_config reads it
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "config.md"
 
@@ -153,16 +155,6 @@ def constraints(field: Any) -> str:
     return ", ".join(out)
 
 
-def inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        m = inner_model(arg)
-        if m is not None:
-            return m
-    return None
-
-
 def rows(model: type[BaseModel], prefix: str = "", notes: dict[str, str] | None = None) -> list[tuple[str, ...]]:
     notes = NOTES if notes is None else notes
     out = []
@@ -175,7 +167,7 @@ def rows(model: type[BaseModel], prefix: str = "", notes: dict[str, str] | None 
         limits = constraints(field)
         typ = type_name(field.annotation) + (f" ({limits})" if limits else "")
         out.append((f"`{key}`", typ, default_text(field), meaning))
-        sub = inner_model(field.annotation)
+        sub = _inner_model(field.annotation)
         if sub is not None and prefix.count(".") < 4:
             out += rows(sub, key + ".", notes)
     return out
@@ -270,7 +262,7 @@ def render() -> str:
     for name, field in RunConfig.model_fields.items():
         lines += [f"### `{name}`", ""]
         meaning = NOTES.get(name) or field.description or ""
-        sub = inner_model(field.annotation)
+        sub = _inner_model(field.annotation)
         default = default_text(field)
         req = "required" if field.is_required() else (
             f"optional, default {default}" if default and default != "null" else "optional")

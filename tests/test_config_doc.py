@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.config import RunConfig, Source, load_config
+from kdlab.config import RunConfig, Source, _inner_model, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "config.md"
@@ -31,7 +31,7 @@ def test_every_config_key_is_documented_with_a_meaning():
     gen = _generator()
     for name, field in RunConfig.model_fields.items():
         assert f"### `{name}`" in text
-        sub = gen.inner_model(field.annotation)
+        sub = _inner_model(field.annotation)
         for row in gen.rows(sub, f"{name}.") if sub else []:
             assert row[0] in text
             assert row[3], f"{row[0]} has no meaning: add a description to its field or a note to the generator"
