@@ -53,8 +53,9 @@ def base_config(epochs: int | None = None, teacher_epochs: int | None = None, **
 
 def loaded_config(cfg: dict[str, Any], name: str = "benchmark"):
     from kdlab.config import Source, dump_yaml, load_config
+    from kdlab.plugins import get_registry
 
-    return load_config(Source(name, dump_yaml(cfg)))
+    return load_config(Source(name, dump_yaml(cfg)), registry=get_registry())
 
 
 #: generated data, the trained teacher and its outputs are kept between benchmark processes (none of it is timed

@@ -63,8 +63,8 @@ METHODS: dict[str, dict] = {
 }
 
 
-# Chains rather than losses: kd through a teacher assistant (kdlab.progressive; a cnn1d half as wide as the teacher,
-# distilled for the same epochs), and continual learning of digits 0-4 then 5-9 (kdlab.continual; no teacher).
+# Chains rather than losses: kd through a teacher assistant (kdlab.modes.assistant; a cnn1d half as wide as the teacher,
+# distilled for the same epochs), and continual learning of digits 0-4 then 5-9 (kdlab.modes.continual; no teacher).
 ASSISTANT = {"name": "cnn1d", "params": {"channels": [16, 16, 16]}}
 CHAINS = ("kd+assistant",)
 CONTINUAL = ("lwf", "finetune")
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from kdlab.config import Source, dump_yaml, load_config
-    from kdlab.engine import Session, run
+    from kdlab.modes import Session, run
+    from kdlab.plugins import get_registry
 
     session = Session()
     store = json.loads(STORE.read_text()) if STORE.exists() and not args.fresh else {}
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{method}/seed{seed}/" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
             if key not in store:
                 started = time.perf_counter()
-                result = run(load_config(Source(f"benchmark:{method}", dump_yaml(cfg))), session=session)
+                result = run(load_config(Source(f"benchmark:{method}", dump_yaml(cfg)), registry=get_registry()),
+                             session=session)
                 if method in CONTINUAL:
                     store[key] = {k: result.metrics[k] for k in ("old_task_accuracy", "new_task_accuracy",
                                                                  "forgetting")}

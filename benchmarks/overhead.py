@@ -3,7 +3,7 @@
 Both sides do the same work: Hinton KD (T=4, alpha=0.9) from cached teacher logits, MNIST-1D with its default
 splits (3,500 train / 500 val / 1,000 test), an MLP student with two hidden layers of 100, Adam, batch 100, 30 epochs,
 an epoch = one permutation and index slices, validation accuracy every epoch, the best epoch's weights kept, test
-accuracy at the end. kdlab's side is :func:`kdlab.engine.run` with a :class:`~kdlab.engine.Session` that already holds
+accuracy at the end. kdlab's side is :func:`kdlab.modes.run` with a :class:`~kdlab.session.Session` that already holds
 the data, the teacher and its outputs (as a study worker's does), tracking on (a nested MLflow run in a temporary
 SQLite store, per-epoch metrics, params, tags, config and weights; ``log_model`` off). The hand-written side is a plain
 PyTorch loop over the same tensors, no tracking. The sides alternate; the table gives medians and the ratio::
@@ -79,18 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from kdlab.engine import RunOptions, Session, run
-    from kdlab.tracking import Tracker
+    from kdlab.modes import RunOptions, Session, run
 
     cfg = C.base_config(epochs=args.epochs, teacher_epochs=1 if args.quick else None, **{"training.device": args.device})
     if args.no_track:
         cfg["tracking"]["enabled"] = False
     loaded = C.loaded_config(cfg)
     session = Session()
-    tracker = Tracker(None, "bench") if not args.no_track else None
+    tracker = session.tracker(loaded)  # the config's experiment ("bench"), None without tracking
     parent = tracker.start("study-bench").run_id if tracker else None
 
-    t_setup, warm = C.timed(lambda: run(loaded, RunOptions(role="trial", tracker=tracker, parent_run_id=parent,
+    t_setup, warm = C.timed(lambda: run(loaded, RunOptions(role="trial", parent_run_id=parent,
                                                            log_model=False), session))
     # the same tensors the kdlab trial trains on
     data = next(iter(session.data.values()))
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     hp = dict(epochs=args.epochs, batch_size=cfg["training"]["batch_size"], lr=cfg["optimizer"]["lr"],
               temperature=cfg["loss"]["params"]["temperature"], alpha=cfg["loss"]["params"]["alpha"], seed=0)
     # warm-up, untimed: one more trial of each kind (first-call costs: allocator, fused kernels, MLflow's caches)
-    run(loaded, RunOptions(role="trial", tracker=tracker, parent_run_id=parent, log_model=False), session)
+    run(loaded, RunOptions(role="trial", parent_run_id=parent, log_model=False), session)
     hand_written_trial(x, y, t, val_x, val_y, test_x, test_y, **{**hp, "epochs": 1})
     hand_written_trial(x, y, t, val_x, val_y, test_x, test_y, **{**hp, "epochs": 1}, fused=True)
 
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         for side in (sides if r % 2 == 0 else list(reversed(sides))):
             if side == "kdlab":
-                options = RunOptions(role="trial", tracker=tracker, parent_run_id=parent, run_name=f"trial-{r}",
+                options = RunOptions(role="trial", parent_run_id=parent, run_name=f"trial-{r}",
                                      trial_number=r, log_model=False, params={"trial_number": r})
                 dt, res = C.timed(lambda: run(loaded, options, session))
                 acc = res.metrics["test_accuracy"]
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rss_end = C.current_rss_mib()
     # memory: the teacher-output cache on disk, and the trial's rows shared with the session's data (no copy)
-    from kdlab.teacher import outputs_path
+    from kdlab.teachers.cache import outputs_path
 
     teacher = next(iter(session.teachers.values()))
     cache_file = outputs_path(teacher.fingerprint)
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         ["hand-written loop (cached logits, index slicing, no tracking; torch's default Adam)", mh, mh / steps * 1e6,
          C.median(accs["hand"]), "1.000x"],
         ["the same with `Adam(fused=True)`", mf, mf / steps * 1e6, C.median(accs["hand-fused"]), f"{mf / mh:.3f}x"],
-        [f"kdlab trial (`engine.run`, tracking {'off' if args.no_track else 'on, SQLite'})", mk, mk / steps * 1e6,
+        [f"kdlab trial (`modes.run`, tracking {'off' if args.no_track else 'on, SQLite'})", mk, mk / steps * 1e6,
          C.median(accs["kdlab"]), f"{ratio:.3f}x"],
     ]
     lines = [

@@ -45,15 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from kdlab.engine import RunOptions, Session, run
-    from kdlab.tracking import Tracker
+    from kdlab.modes import RunOptions, Session, run
 
     loaded = C.loaded_config(C.base_config(epochs=args.epochs, teacher_epochs=1 if args.quick else None))
-    session, tracker = Session(), Tracker(None, "bench")
+    session = Session()
+    tracker = session.tracker(loaded)
     parent = tracker.start("study-bench").run_id
 
     def trial(i: int):
-        return run(loaded, RunOptions(role="trial", tracker=tracker, parent_run_id=parent, run_name=f"trial-{i}",
+        return run(loaded, RunOptions(role="trial", parent_run_id=parent, run_name=f"trial-{i}",
                                       trial_number=i, log_model=False, params={"trial_number": i}), session)
 
     trial(0)  # teacher, outputs, warm-up

@@ -122,8 +122,9 @@ def prepare(workdir: Path, trials: int, epochs: int, teacher_epochs: int | None)
     """Train (or reuse) the teacher, save the data for the hand-written side, write the kdlab study file."""
     import torch
 
-    from kdlab.engine import Session, get_teacher
-    from kdlab.teacher import teacher_cache_dir
+    from kdlab.session import Session
+    from kdlab.teachers import get_teacher
+    from kdlab.teachers import teacher_cache_dir
 
     cfg = C.base_config(epochs=epochs, teacher_epochs=teacher_epochs)
     cfg["tracking"] = {"log_model": False}  # default store (SQLite under KDLAB_HOME), experiment named after the study

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from kdlab.engine import RunOptions, Session, run
+    from kdlab.modes import RunOptions, Session, run
 
     session = Session()
     rows = []

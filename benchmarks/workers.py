@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = C.base_config(epochs=args.epochs, teacher_epochs=1 if args.quick else None)
     cfg["tracking"] = {"log_model": False}
     # warm the shared cache (data, teacher, teacher outputs): not part of the throughput
-    from kdlab.engine import RunOptions, Session, run
+    from kdlab.modes import RunOptions, Session, run
 
     warm = C.base_config(epochs=1, teacher_epochs=cfg["teacher"]["training"]["epochs"])
     warm["tracking"]["enabled"] = False

@@ -1,8 +1,8 @@
-"""Terminal output: a rich progress display for epochs, quiet when stdout is not a terminal or with --quiet."""
+"""Terminal output: the rich console, kdlab's messages (the ``kdlab`` logger) shown on it, and tables of metrics."""
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 
@@ -12,40 +12,26 @@ def make_console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-class RichReporter:
-    """Engine reporter that shows one progress bar per training stage."""
+class ConsoleMessages(logging.Handler):
+    """Prints the ``kdlab`` logger's messages (``teacher mlp reused from cache``) on a rich console."""
 
-    def __init__(self, quiet: bool = False, console=None):
-        self.enabled = not quiet and sys.stdout.isatty()
-        self.console = console or make_console()
-        self._progress = None
-        self._task = None
+    def __init__(self, console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
 
-    def stage(self, description: str, epochs: int) -> None:
-        if not self.enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
 
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=self.console,
-                                  transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=epochs, status="")
+        self.console.print(escape(record.getMessage()))
 
-    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if self._progress is not None:
-            status = f"loss {metrics.get('train_loss', float('nan')):.4f}  val_acc {metrics.get('val_accuracy', float('nan')):.4f}"
-            self._progress.update(self._task, completed=epoch, status=status)
 
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        self.console.print(text)
-
-    def done(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+def show_messages(console) -> ConsoleMessages:
+    """Show kdlab's info messages on ``console`` (the command line does so unless ``--quiet``)."""
+    logger = logging.getLogger("kdlab")
+    logger.setLevel(logging.INFO)
+    handler = ConsoleMessages(console)
+    logger.addHandler(handler)
+    return handler
 
 
 def metrics_table(title: str, rows: list[tuple[str, Any]]):

@@ -56,3 +56,8 @@ class TrainingError(KdlabError):
 
 class NonFiniteLoss(TrainingError):
     """The loss became NaN or infinite during training."""
+
+
+class Pruned(Exception):
+    """Raised by a lifecycle observer (a study's pruner) to stop a run early on purpose: the run ends ``KILLED``
+    with this message as its reason, not ``FAILED``."""

@@ -18,7 +18,6 @@ it raises the error naming both) until one of them is disabled.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import pluggy
 from kdlab import hookspecs
 from kdlab.errors import PluginError
 from kdlab.registry import KINDS, LoadFailure, Registry
+from kdlab.suggest import closest
 
 ENTRY_POINT_GROUP = "kdlab"
 ENV_PLUGINS = "KDLAB_PLUGINS"
@@ -119,8 +119,8 @@ class Plugins:
             known = self.hook_names()
             hints = []
             for hook in unknown:
-                close = difflib.get_close_matches(hook, known, n=1)
-                hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                close = closest(hook, known)
+                hints.append(f"{hook!r}" + (f" (did you mean {close!r}?)" if close else ""))
             raise PluginError(f"{who} implements unknown hook {', '.join(hints)}; known hooks: {', '.join(known)}")
         hooks = sorted(hc.name for hc in (self.pm.get_hookcallers(obj) or []))
         location = getattr(obj, "__file__", None) or getattr(type(obj), "__module__", None)
@@ -138,11 +138,22 @@ class Plugins:
             allowed = list(getattr(self.pm.hook, hook).spec.argnames)
             for arg in inspect.signature(fn).parameters:
                 if arg not in allowed:
-                    close = difflib.get_close_matches(arg, allowed, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    close = closest(arg, allowed)
+                    hint = f" (did you mean {close!r}?)" if close else ""
                     return (f"{hook} takes an argument {arg!r} that the hook does not have{hint}; "
                             f"its arguments are: {', '.join(allowed)}")
         return ""
+
+    def add_observer(self, observer: Any) -> str:
+        """Register a lifecycle observer (an object with ``@kdlab.hookimpl`` methods) for a while; returns the name
+        to remove it by. Observers are not plugins of the registry: they contribute no components and are not
+        listed by ``kdlab plugins``."""
+        name = f"observer:{type(observer).__name__}:{id(observer)}"
+        self.pm.register(observer, name=name)
+        return name
+
+    def remove_observer(self, name: str) -> None:
+        self.pm.unregister(name=name)
 
     def hook_names(self) -> list[str]:
         """The hooks kdlab defines (those with a spec; pluggy also keeps callers for unknown implementations)."""

@@ -6,7 +6,6 @@ registry themselves; they receive a ``register`` callback from the contribution 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict
 
 from kdlab.errors import PluginError
+from kdlab.suggest import did_you_mean
 
 #: The four kinds of component, in the order the product names them.
 KINDS: tuple[str, ...] = ("data", "teacher", "student", "loss")
@@ -92,8 +92,7 @@ def _accepted_kwargs(factory: Callable[..., Any], context: dict[str, Any]) -> di
 class UnknownComponent(LookupError):
     def __init__(self, kind: str, name: str, available: list[str]):
         self.kind, self.name, self.available = kind, name, available
-        close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, available, 0.5)
         listing = ", ".join(available) if available else "none are installed"
         super().__init__(f"unknown {kind} {name!r}{hint} Available: {listing}")
 

@@ -106,6 +106,34 @@ class Tracker:
         run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
         return TrackedRun(self, run.info.run_id, flush_every_s)
 
+    def run(self, run_id: str, flush_every_s: float = 15.0) -> TrackedRun:
+        """A handle to an existing run of this store (to add tags, metrics, artifacts, or end it)."""
+        return TrackedRun(self, run_id, flush_every_s)
+
+    def run_info(self, run_id: str) -> Any | None:
+        """The MLflow ``Run`` with id ``run_id`` (its ``info`` and ``data``), or ``None`` when this store has no
+        such run (deleted, or from another store)."""
+        try:
+            return _retry(self.client.get_run, run_id)
+        except Exception:  # noqa: BLE001 - MLflow raises its own error type for a missing run
+            return None
+
+    def child_runs(self, parent_run_id: str, status: str | None = None) -> list[str]:
+        """Ids of the runs nested under ``parent_run_id`` in this experiment (with MLflow ``status``, if given)."""
+        flt = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        if status:
+            flt += f" and attributes.status = '{status}'"
+        return [r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id], filter_string=flt)]
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
+        return _retry(self.client.list_artifacts, run_id, path)
+
+    def download(self, run_id: str, path: str) -> Path:
+        """A run's artifact, downloaded to a local temporary folder."""
+        import mlflow
+
+        return Path(_retry(mlflow.artifacts.download_artifacts, f"runs:/{run_id}/{path}", tracking_uri=self.uri))
+
     def run_url(self, run_id: str) -> str:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}"
 
@@ -150,6 +178,7 @@ class TrackedRun:
             self.flush()
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Log ``metrics`` at ``step`` now (with anything buffered)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -174,6 +203,20 @@ class TrackedRun:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, self.run_id, str(local_path), artifact_path)
+
+    def log_state_dict(self, model: Any, folder: str) -> None:
+        """The model's weights as ``<folder>/state_dict.pt`` (cheap; loadable with ``weights_only``, e.g. as a
+        later teacher)."""
+        import tempfile
+
+        import torch
+
+        from kdlab.weights import state_dict_cpu
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "state_dict.pt"
+            torch.save(state_dict_cpu(model), path)
+            self.log_artifact(path, folder)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         _retry(self.client.log_figure, self.run_id, figure, artifact_file)
@@ -212,14 +255,10 @@ class TrackedRun:
         _retry(self.client.set_terminated, self.run_id, status)
         self.ended = True
 
-
-class NullRun:
-    """Stands in for :class:`TrackedRun` when tracking is off."""
-
-    run_id = None
-
-    def __getattr__(self, name: str):
-        return lambda *a, **k: None
+    def reopen(self) -> None:
+        """Mark an ended run ``RUNNING`` again (a resumed study's parent run)."""
+        _retry(self.client.update_run, self.run_id, status="RUNNING")
+        self.ended = False
 
 
 def _param_str(v: Any) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
+from kdlab.suggest import did_you_mean
 from kdlab.types import Loss, LossInputs, Split
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -64,11 +65,8 @@ def find_module(model: nn.Module, path: str, *, key: str, owner: str) -> nn.Modu
     modules = dict(model.named_modules())
     if path in modules and path != "":
         return modules[path]
-    import difflib
-
     names = [n for n in modules if n]
-    close = difflib.get_close_matches(path, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(path, names)
     raise KdlabError(f"{key}: {owner} has no module {path!r}{hint} Its modules: {', '.join(names)}")
 
 
@@ -149,13 +147,6 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 4096, layers: tuple[s
     return logits, {k: torch.cat(v) for k, v in feats.items()}
 
 
-def accuracy_and_loss(logits: Tensor, y: Tensor) -> tuple[float, float]:
-    acc = (logits.argmax(1) == y).float().mean()
-    loss = F.cross_entropy(logits, y)
-    acc_v, loss_v = torch.stack([acc, loss]).tolist()
-    return acc_v, loss_v
-
-
 def fit(
     model: nn.Module,
     loss_fn: Loss,
@@ -171,12 +162,13 @@ def fit(
     keep_best: bool = True,
     precision: str = "fp32",
     eval_batch_size: int = 4096,
-    on_epoch: list[EpochCallback] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train ``model`` (and the loss's own parameters) with ``loss_fn``; validate every epoch.
 
-    Callbacks in ``on_epoch`` receive ``(epoch, metrics)`` after validation and may raise to stop training
-    (e.g. ``optuna.TrialPruned``). Raises :class:`NonFiniteLoss` when the epoch's loss is NaN or infinite.
+    ``on_epoch(epoch, metrics)`` is called after each epoch's validation (a run's lifecycle hands its epoch end to
+    every observer through it) and may raise to stop training. Raises :class:`NonFiniteLoss` when the epoch's loss
+    is NaN or infinite.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     params += [p for p in loss_fn.parameters() if p.requires_grad and all(p is not q for q in params)]
@@ -224,7 +216,7 @@ def fit(
                     out = loss_fn(LossInputs(
                         x=xb, labels=yb, student_logits=logits.float(), teacher_logits=tb,
                         student_features=s_capture.take() if s_capture else {}, teacher_features=tfeat,
-                        epoch=epoch, epochs=epochs,
+                        epoch=epoch, epochs=epochs, index=perm[i : i + batch_size],
                     ))
                 for p in params:  # opt.zero_grad(set_to_none=True) without its per-call profiler/dynamo wrappers
                     p.grad = None
@@ -266,8 +258,8 @@ def fit(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 elif keep_best:
                     best_state = None  # the final weights are the best
-            for cb in on_epoch or []:
-                cb(epoch, metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
     finally:
         if s_capture:
             s_capture.close()
@@ -295,6 +287,3 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover
         pass
 
-
-def state_dict_cpu(model: nn.Module) -> dict[str, Any]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

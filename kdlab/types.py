@@ -76,6 +76,9 @@ class LossInputs:
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     epoch: int = 1
     epochs: int = 1
+    #: int64 position of each row in the run's training rows (train rows first, then transfer rows), the same
+    #: for an example in every epoch: for losses that keep per-example state (a memory bank); ``None`` outside fit
+    index: Tensor | None = None
 
     @property
     def labeled(self) -> Tensor:
@@ -109,6 +112,8 @@ class LossSetup:
     #: ``teacher:`` section (``{name, params, checkpoint | mlflow_uri | training}``); it is loaded, or trained and
     #: tracked once and reused, exactly as the configured teacher is.
     build_teacher: Callable[[dict[str, Any]], nn.Module] | None = None
+    #: the number of training rows (train + transfer), the range of :attr:`LossInputs.index`
+    num_examples: int = 0
 
 
 class Loss(nn.Module):
@@ -139,11 +144,15 @@ class Loss(nn.Module):
 
 @dataclass
 class RunInfo:
-    """Passed to the run lifecycle hooks."""
+    """Passed to the run lifecycle hooks: one training run (a teacher, a student, a study's baseline or trial, an
+    assistant stage, a continual-learning run)."""
 
     role: str
     config: RunConfig
     device: str
     run_id: str | None = None
     trial_number: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the run's name (its MLflow run name, e.g. ``trial-3``, ``teacher-cnn1d-1a2b3c4d``)
+    name: str = ""
+    #: the number of epochs the run will train (all tasks of a continual run together)
+    epochs: int = 0

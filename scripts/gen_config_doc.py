@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Write docs/config.md, the run-config reference, from the pydantic models in kdlab/config.py, the first-party
-data and architecture plugins' params models, and the metric names the engine logs.
+"""Write docs/config.md, the run-config reference, from the pydantic models in kdlab/config/models.py (described by
+kdlab.schema from their JSON schema), the first-party data and architecture plugins' params models, and the metric
+names of kdlab.metrics.
 
     python scripts/gen_config_doc.py          # rewrite docs/config.md
     python scripts/gen_config_doc.py --check  # exit 1 if docs/config.md is out of date (tests/test_config_doc.py)
@@ -10,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
-
-from kdlab.config import _inner_model  # the model inside Optional/list/dict annotations, as load_config reads it
+from kdlab.metrics import EPOCH as EPOCH_NOTES
+from kdlab.metrics import FINAL as FINAL_NOTES
+from kdlab.schema import FieldDoc, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "config.md"
@@ -73,69 +71,14 @@ PARAM_NOTES: dict[str, str] = {
     "mlp.dropout": "dropout after each hidden layer",
 }
 
-#: Final metrics of a student run (kdlab.engine.FINAL_METRICS), with their meaning.
-FINAL_NOTES: dict[str, str] = {
-    "test_accuracy": "the student's top-1 accuracy on the test split (with the kept weights, see "
-                     "`training.keep_best`)",
-    "val_accuracy": "the student's validation accuracy with the kept weights; in MLflow it is the `val_accuracy` "
-                    "curve's value at step `best_epoch` (not logged a second time)",
-    "teacher_test_accuracy": "the teacher's top-1 accuracy on the test split",
-    "teacher_val_accuracy": "the teacher's accuracy on the validation split",
-    "student_params": "number of student parameters",
-    "teacher_params": "number of teacher parameters",
-    "compression_ratio": "teacher_params / student_params",
-    "agreement": "share of test examples on which student and teacher predict the same class (top-1)",
-    "train_time_s": "seconds spent in the student's training loop",
-    "best_epoch": "the epoch with the best validation accuracy (whose weights are kept with "
-                  "`training.keep_best`)",
-}
-#: Per-epoch metrics (one point per epoch, MLflow step = epoch), by the name fit() gives them.
-EPOCH_NOTES: dict[str, str] = {
-    "train_loss": "mean total loss over the epoch's training rows",
-    "train_<term>": "mean of each named loss term, e.g. `train_ce`, `train_kd`",
-    "val_accuracy": "accuracy on the validation split after the epoch",
-    "val_loss": "cross-entropy on the validation split after the epoch",
-    "lr": "learning rate at the end of the epoch",
-    "epoch_time_s": "seconds the epoch took",
-}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def type_name(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is type(None):
-        return "null"
-    if origin is Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in args)
-    if origin in (list, tuple, set):
-        return f"list of {type_name(args[0])}" if args else "list"
-    if origin is dict:
-        return "mapping"
-    if annotation is Any:
-        return "any"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "section"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def default_text(field: Any) -> str:
-    if field.is_required():
+def default_text(f: FieldDoc) -> str:
+    if f.required:
         return "**required**"
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
-    if value is PydanticUndefined:
-        return "**required**"
-    if isinstance(value, BaseModel):
-        dumped = value.model_dump(mode="json")
-        if "name" in dumped and "params" in dumped:
-            return f"`{{name: {dumped['name']}}}`"
-        return ""
+    value = f.default
+    if f.is_section:
+        if isinstance(value, dict) and "name" in value and "params" in value:
+            return f"`{{name: {value['name']}}}`"
+        return "" if value is not None else "null"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -145,31 +88,21 @@ def default_text(field: Any) -> str:
     return f"`{value}`"
 
 
-def constraints(field: Any) -> str:
-    out = []
-    for m in field.metadata:
-        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            v = getattr(m, attr, None)
-            if v is not None:
-                out.append(f"{sym} {v}")
-    return ", ".join(out)
-
-
-def rows(model: type[BaseModel], prefix: str = "", notes: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+def rows(fields: list[FieldDoc], prefix: str = "", notes: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+    """One table row per field (key, type, default, meaning), nested sections after their own row."""
     notes = NOTES if notes is None else notes
     out = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
+    for f in fields:
+        key = f"{prefix}{f.name}"
         alias = next((key.replace(a, b, 1) for a, b in ALIASES.items() if key.startswith(a)), key)
-        meaning = notes.get(key) or field.description or notes.get(alias, "")
-        if name == "params" and not meaning:
+        meaning = notes.get(key) or f.description or notes.get(alias, "")
+        if f.name == "params" and not meaning:
             meaning = PARAMS_NOTE
-        limits = constraints(field)
-        typ = type_name(field.annotation) + (f" ({limits})" if limits else "")
-        out.append((f"`{key}`", typ, default_text(field), meaning))
-        sub = _inner_model(field.annotation)
-        if sub is not None and prefix.count(".") < 4:
-            out += rows(sub, key + ".", notes)
+        typ = ("section" if f.is_section else f.type.replace("|", "\\|")) + (
+            f" ({f.constraints})" if f.constraints else "")
+        out.append((f"`{key}`", typ, default_text(f), meaning))
+        if f.children and prefix.count(".") < 4:
+            out += rows(f.children, key + ".", notes)
     return out
 
 
@@ -217,15 +150,14 @@ def epoch_metric_names() -> list[str]:
 
 def render() -> str:
     from kdlab.config import RunConfig
-    from kdlab.engine import FINAL_METRICS
 
     lines = [
         "# Run config reference",
         "",
-        "<!-- Generated by scripts/gen_config_doc.py from kdlab/config.py and the first-party plugins; do not edit",
+        "<!-- Generated by scripts/gen_config_doc.py from kdlab/config/ and the first-party plugins; do not edit",
         "     by hand: run `python scripts/gen_config_doc.py` (tests/test_config_doc.py checks it is current). -->",
         "",
-        "A run file is YAML (read with a safe loader) validated by the pydantic models in `kdlab/config.py`.",
+        "A run file is YAML (read with a safe loader) validated by the pydantic models in `kdlab/config/models.py`.",
         "`kdlab validate FILE` checks a file without running it; every error names the file, the line, the dotted",
         "key, the value and what was expected. Any key can be overridden on the command line with",
         "`--set KEY=VALUE` (the value is read as YAML: `--set loss.params.temperature=2`,",
@@ -259,26 +191,26 @@ def render() -> str:
         "",
     ]
     header = ("key", "type", "default", "meaning")
-    for name, field in RunConfig.model_fields.items():
+    for f in describe(RunConfig):
+        name = f.name
         lines += [f"### `{name}`", ""]
-        meaning = NOTES.get(name) or field.description or ""
-        sub = _inner_model(field.annotation)
-        default = default_text(field)
-        req = "required" if field.is_required() else (
+        meaning = NOTES.get(name) or f.description or ""
+        default = default_text(f)
+        req = "required" if f.required else (
             f"optional, default {default}" if default and default != "null" else "optional")
         lines += [f"{meaning[0].upper() + meaning[1:] if meaning else name} ({req}).", ""]
-        if sub is not None:
-            lines += table(header, rows(sub, f"{name}.")) + [""]
+        if f.children:
+            lines += table(header, rows(f.children, f"{name}.")) + [""]
     lines += ["## Component params", "",
               "Params of the first-party data sources (`data.params`) and architectures (`teacher.params`,",
               "`student.params`: every architecture serves as teacher and as student).", ""]
     for comp in first_party_components():
         kind = "architecture" if comp.kind == "teacher" else "data"
         lines += [f"### {kind} `{comp.name}`", "", comp.description, ""]
-        notes = {name: PARAM_NOTES.get(f"{comp.name}.{name}") or PARAM_NOTES.get(name, "")
-                 for name in comp.params.model_fields}
-        notes = {k: v for k, v in notes.items() if v and not comp.params.model_fields[k].description}
-        body = rows(comp.params, "", notes=notes)
+        fields = describe(comp.params)
+        notes = {f.name: PARAM_NOTES.get(f"{comp.name}.{f.name}") or PARAM_NOTES.get(f.name, "") for f in fields}
+        notes = {f.name: notes[f.name] for f in fields if notes[f.name] and not f.description}
+        body = rows(fields, "", notes=notes)
         lines += (table(("param", "type", "default", "meaning"), body) if body else ["No params."]) + [""]
     lines += [
         "## Metrics",
@@ -291,14 +223,11 @@ def render() -> str:
         "a `student.init` run adds `init_loaded_tensors` and `frozen_params`).",
         "",
     ]
-    missing = [m for m in FINAL_METRICS if m not in FINAL_NOTES]
-    if missing:
-        raise SystemExit(f"gen_config_doc: describe the final metric(s) {', '.join(missing)} in FINAL_NOTES")
-    lines += table(("metric", "meaning"), [(f"`{m}`", FINAL_NOTES[m]) for m in FINAL_METRICS]) + [""]
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in FINAL_NOTES.items()]) + [""]
     epoch = epoch_metric_names()
     missing = [m for m in epoch if m not in EPOCH_NOTES]
     if missing:
-        raise SystemExit(f"gen_config_doc: describe the per-epoch metric(s) {', '.join(missing)} in EPOCH_NOTES")
+        raise SystemExit(f"gen_config_doc: describe the per-epoch metric(s) {', '.join(missing)} in kdlab.metrics.EPOCH")
     lines += [
         "### Per-epoch metrics",
         "",

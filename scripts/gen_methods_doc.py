@@ -11,7 +11,7 @@ import inspect
 import json
 import sys
 
-from pydantic_core import PydanticUndefined
+from kdlab.schema import describe
 
 HEADER = """# Distillation methods
 
@@ -20,25 +20,14 @@ Choose a method with `loss.name` and set its params under `loss.params` (every p
 Measured on MNIST-1D: [benchmarks/results/methods.md](../benchmarks/results/methods.md).
 
 Beyond losses, two config sections chain runs: `assistant:` (teacher -> assistant -> student, Mirzadeh et al. 2020,
-`kdlab/progressive.py`) and `continual:` (Learning without Forgetting, Li and Hoiem 2017, `kdlab/continual.py`);
+`kdlab/modes/assistant.py`) and `continual:` (Learning without Forgetting, Li and Hoiem 2017,
+`kdlab/modes/continual.py`);
 `student.init` starts a student from a source model's weights (transfer learning).
 """
 
 
-def _type(annotation) -> str:
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    text = text.replace("typing.", "").replace("kdlab_losses.online.", "").replace("kdlab_losses.multi.", "")
+def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # inside a table cell
-
-
-def _default(field) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    elif field.default is PydanticUndefined:
-        return "required"
-    else:
-        value = field.default
-    return f"`{json.dumps(value)}`"
 
 
 def render(components) -> str:
@@ -55,14 +44,14 @@ def render(components) -> str:
             uses.append("trains extra networks live (outputs not cached)")
         if uses:
             out += [f"Runs: {', '.join(uses)}.", ""]
-        fields = c.params.model_fields
+        fields = describe(c.params)
         if not fields:
             out.append("No params.")
             continue
         out += ["| param | type | default | description |", "|---|---|---|---|"]
-        for name, field in fields.items():
-            desc = (field.description or "").replace("|", "\\|")
-            out.append(f"| `{name}` | `{_type(field.annotation)}` | {_default(field)} | {desc} |")
+        for f in fields:
+            default = "required" if f.required else f"`{json.dumps(f.default)}`"
+            out.append(f"| `{f.name}` | `{_cell(f.type)}` | {default} | {_cell(f.description)} |")
     return "\n".join(out) + "\n"
 
 

@@ -13,6 +13,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Tiny models train fastest single-threaded; two OpenMP threads on a busy 2-core machine are ~10-100x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+#: Tests load kdlab's own plugins by name, never whatever else happens to be installed; a test that needs another
+#: plugin registers it itself (the `kdlab_plugins` fixture of kdlab.testing unregisters it afterwards).
+FIRST_PARTY = "kdlab-data,kdlab-models,kdlab-losses"
+os.environ["KDLAB_PLUGINS"] = FIRST_PARTY
+os.environ.pop("KDLAB_DISABLE_PLUGINS", None)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,16 +45,25 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 
 @pytest.fixture
-def plugins():
-    """The process's plugin manager, with any plugin a test registers unregistered afterwards."""
-    from kdlab.plugins import get_plugins
+def plugins(kdlab_plugins):
+    """The process's plugin manager (kdlab.testing's ``kdlab_plugins`` fixture): plugins a test registers are
+    unregistered afterwards."""
+    return kdlab_plugins
 
-    p = get_plugins()
-    before = set(p.info)
-    yield p
-    for name in set(p.info) - before:
-        p.unregister(name)
-    p._registry = None
+
+@pytest.fixture
+def all_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of plugin discovery itself: kdlab loads every installed plugin (the test's own included), as it
+    does outside the tests; subprocesses started by the test inherit this."""
+    monkeypatch.delenv("KDLAB_PLUGINS", raising=False)
+
+
+def load_config(source, overrides=None):
+    """A run config validated against the loaded plugins' registry (as the command line does)."""
+    from kdlab.config import load_config as load
+    from kdlab.plugins import get_registry
+
+    return load(source, registry=get_registry(), overrides=overrides)
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import yaml
 from conftest import tiny_digits_config
 
 from kdlab.cli import main
-from kdlab.config import RunConfig, flatten, load_config, parse_override
+from kdlab.config import RunConfig, flatten, parse_override
+from kdlab_test_helpers import load_config
 from kdlab.errors import ConfigError
 
 GOOD_YAML = """\

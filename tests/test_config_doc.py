@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from kdlab.config import RunConfig, Source, _inner_model, load_config
+from kdlab.config import RunConfig, Source
+from kdlab.schema import describe
+from kdlab_test_helpers import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "config.md"
@@ -29,19 +31,18 @@ def test_committed_doc_matches_the_generator():
 def test_every_config_key_is_documented_with_a_meaning():
     text = DOC.read_text()
     gen = _generator()
-    for name, field in RunConfig.model_fields.items():
-        assert f"### `{name}`" in text
-        sub = _inner_model(field.annotation)
-        for row in gen.rows(sub, f"{name}.") if sub else []:
+    for f in describe(RunConfig):
+        assert f"### `{f.name}`" in text
+        for row in gen.rows(f.children, f"{f.name}."):
             assert row[0] in text
             assert row[3], f"{row[0]} has no meaning: add a description to its field or a note to the generator"
 
 
 def test_metric_names_are_documented():
-    from kdlab.engine import FINAL_METRICS
+    from kdlab.metrics import FINAL
 
     text = DOC.read_text()
-    for name in (*FINAL_METRICS, "train_loss", "val_accuracy", "val_loss", "lr", "epoch_time_s"):
+    for name in (*FINAL, "train_loss", "val_accuracy", "val_loss", "lr", "epoch_time_s"):
         assert f"| `{name}` |" in text, name
 
 

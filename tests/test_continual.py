@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_digits_config
-from kdlab.config import ConfigError, Source, dump_yaml, load_config
-from kdlab.engine import Session, run
+from kdlab.config import ConfigError, Source, dump_yaml
+from kdlab_test_helpers import load_config
+from kdlab.modes import Session, run
 from kdlab.errors import KdlabError
 
 

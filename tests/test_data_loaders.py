@@ -14,8 +14,8 @@ import torch
 from conftest import tiny_digits_config
 
 import kdlab
-from kdlab.config import load_config
-from kdlab.engine import run
+from kdlab_test_helpers import load_config
+from kdlab.modes import run
 from kdlab.errors import PluginError
 from kdlab.plugins import get_registry
 from kdlab_data.cifar import MEAN, STD

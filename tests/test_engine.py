@@ -14,8 +14,8 @@ from conftest import tiny_digits_config
 
 import kdlab
 from kdlab.cli import main
-from kdlab.config import load_config
-from kdlab.engine import RunOptions, Session, run
+from kdlab_test_helpers import load_config
+from kdlab.modes import RunOptions, Session, run
 from kdlab.errors import KdlabError
 from kdlab.paths import default_tracking_uri
 
@@ -307,11 +307,20 @@ def test_kd_without_a_teacher_is_an_error(write_config):
         run(_load(write_config, cfg))
 
 
-def test_run_options_device_and_epoch_callbacks(write_config):
-    seen = []
+def test_run_options_device_and_observers(write_config):
+    class Epochs:
+        def __init__(self):
+            self.seen = []
+
+        @kdlab.hookimpl
+        def kdlab_epoch_end(self, run, epoch):
+            if run.role == "student":
+                self.seen.append(epoch)
+
+    watcher = Epochs()
     cfg = tiny_digits_config(**{"tracking.enabled": False})
-    result = run(_load(write_config, cfg), RunOptions(device="cpu", epoch_callbacks=[lambda e, m: seen.append(e)]))
-    assert seen == [1, 2, 3] and result.fit.epochs_run == 3
+    result = run(_load(write_config, cfg), RunOptions(device="cpu", observers=[watcher]))
+    assert watcher.seen == [1, 2, 3] and result.fit.epochs_run == 3 and result.student.training is False
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -362,7 +371,7 @@ def test_a_failing_run_is_recorded_as_failed_with_the_reason(write_config, plugi
 
 def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch):
     """The teacher is not run per training step: its outputs are computed once, cached on disk, and reused."""
-    import kdlab.engine as engine
+    import kdlab.distill as distill
     from kdlab.paths import cache_dir
 
     cfg = tiny_digits_config(**{"tracking.enabled": False, "data.params.transfer_size": 50})
@@ -373,14 +382,14 @@ def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch)
     assert set(stored) == {"train", "val", "test", "transfer"} and len(stored["transfer"]) == 50
 
     calls = []
-    real_get_teacher = engine.get_teacher
+    real_get_teacher = distill.get_teacher
 
     def counting_get_teacher(*args, **kwargs):
         teacher = real_get_teacher(*args, **kwargs)
         teacher.model.register_forward_hook(lambda *a: calls.append(1))
         return teacher
 
-    monkeypatch.setattr(engine, "get_teacher", counting_get_teacher)
+    monkeypatch.setattr(distill, "get_teacher", counting_get_teacher)
     second = run(_load(write_config, cfg))  # a new session: teacher and its outputs come from the disk cache
     assert second.teacher.source == "cache"
     assert calls == []  # not once: not per step, not per epoch, not for the metrics

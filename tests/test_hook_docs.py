@@ -12,9 +12,10 @@ import pytest
 
 import kdlab
 from kdlab import hookspecs
-from kdlab.config import load_config
-from kdlab.engine import RunOptions, Session, run
+from kdlab_test_helpers import load_config
+from kdlab.modes import RunOptions, Session, run
 from kdlab.plugins import CONTRIBUTION_HOOKS, ENV_DISABLE, ENV_PLUGINS, ENV_TRACE, Plugins
+from kdlab.errors import Pruned
 from kdlab.registry import KINDS
 from kdlab_test_helpers import tiny_digits_config
 
@@ -65,11 +66,13 @@ def test_hookspec_docstring_uses_the_fixed_words(hook):
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_hook_has_a_test(hook):
-    sources = [p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name]
-    sources.append(inspect.getsource(test_lifecycle_hooks_fire_in_order))
-    sources.append(inspect.getsource(test_trial_end_implementation_may_take_any_subset_of_arguments))
-    assert any(hook in s for s in sources), f"no test mentions {hook}"
+def test_hook_has_a_test_that_calls_or_implements_it(hook):
+    """A hook is tested when some test calls it (``.hook.<name>(``) or registers an implementation of it (a
+    ``@kdlab.hookimpl`` function of that name); a mere mention of the name does not count."""
+    called = re.compile(rf"\.hook\.{hook}\(")
+    implemented = re.compile(rf"@kdlab\.hookimpl[^\n]*\n\s*def {hook}\(")
+    sources = [p.read_text() for p in (ROOT / "tests").glob("test_*.py")]
+    assert any(called.search(s) or implemented.search(s) for s in sources), f"no test calls or implements {hook}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -133,7 +136,9 @@ class Recorder:
 
     @kdlab.hookimpl
     def kdlab_epoch_end(self, run, epoch, metrics):
-        assert {"train_loss", "val_accuracy", "val_loss"} <= set(metrics), metrics
+        # a continual run names its epoch metrics per task (task0_train_loss, ...)
+        prefix = f"task{(epoch - 1) // 2}_" if run.role == "continual" else ""
+        assert {f"{prefix}train_loss", f"{prefix}val_accuracy", f"{prefix}val_loss"} <= set(metrics), metrics
         self.calls.append(("kdlab_epoch_end", run.role, epoch))
 
     @kdlab.hookimpl
@@ -146,12 +151,16 @@ class Recorder:
         self.calls.append(("kdlab_trial_end", study, trial_number, state))
 
 
+def _tiny(write_config, **overrides):
+    cfg = tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 2, "teacher.training.epochs": 2,
+                                "training.threads": 1, **overrides})
+    return load_config(write_config(cfg))
+
+
 def test_lifecycle_hooks_fire_in_order(plugins, write_config):
     recorder = Recorder()
     plugins.register(recorder, "recorder")
-    cfg = tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 2, "teacher.training.epochs": 2,
-                                "training.threads": 1})
-    loaded = load_config(write_config(cfg))
+    loaded = _tiny(write_config)
     session = Session()
     run(loaded, RunOptions(), session)
     assert recorder.calls == [
@@ -165,24 +174,83 @@ def test_lifecycle_hooks_fire_in_order(plugins, write_config):
         ("kdlab_run_end", "student", "FINISHED", True),
     ]
 
-    # A run that fails still ends with kdlab_run_end (the session's teacher is reused: no teacher hooks).
-    recorder.calls.clear()
+    # A run whose observer raises still ends with kdlab_run_end, FAILED (the session's teacher is reused: no
+    # teacher hooks); one stopped on purpose (a pruner raising kdlab.errors.Pruned) ends KILLED.
+    class Stop:
+        def __init__(self, exc):
+            self.exc = exc
 
-    def stop(epoch, metrics):
-        raise RuntimeError("stop")
+        @kdlab.hookimpl(trylast=True)
+        def kdlab_epoch_end(self, run):
+            raise self.exc
 
-    with pytest.raises(RuntimeError, match="stop"):
-        run(loaded, RunOptions(role="trial", trial_number=7, epoch_callbacks=[stop]), session)
-    assert recorder.calls == [
-        ("kdlab_run_start", "trial"), ("kdlab_epoch_end", "trial", 1), ("kdlab_run_end", "trial", "FAILED", False),
+    for exc, status in ((RuntimeError("stop"), "FAILED"), (Pruned("enough"), "KILLED")):
+        recorder.calls.clear()
+        with pytest.raises(type(exc)):
+            run(loaded, RunOptions(role="trial", trial_number=7, observers=[Stop(exc)]), session)
+        assert recorder.calls == [
+            ("kdlab_run_start", "trial"), ("kdlab_epoch_end", "trial", 1), ("kdlab_run_end", "trial", status, False),
+        ]
+
+
+def test_lifecycle_of_an_assistant_chain(plugins, write_config):
+    recorder = Recorder()
+    plugins.register(recorder, "recorder")
+    loaded = _tiny(write_config, assistant={"name": "mlp", "params": {"hidden": [8]}, "epochs": 1})
+    run(loaded)
+    lifecycle = [c for c in recorder.calls if c[0] in ("kdlab_run_start", "kdlab_epoch_end", "kdlab_run_end")]
+    assert lifecycle == [
+        ("kdlab_run_start", "teacher"), ("kdlab_epoch_end", "teacher", 1), ("kdlab_epoch_end", "teacher", 2),
+        ("kdlab_run_end", "teacher", "FINISHED", True),
+        ("kdlab_run_start", "assistant"), ("kdlab_epoch_end", "assistant", 1),
+        ("kdlab_run_end", "assistant", "FINISHED", True),
+        ("kdlab_run_start", "student"), ("kdlab_epoch_end", "student", 1), ("kdlab_epoch_end", "student", 2),
+        ("kdlab_run_end", "student", "FINISHED", True),
     ]
 
 
-def test_trial_end_implementation_may_take_any_subset_of_arguments(plugins):
-    # `kdlab study` calls kdlab_trial_end (kdlab/study/worker.py) after each trial's kdlab_run_end. A whole study is
-    # too slow for this file (a fresh MLflow store costs seconds), so the call is made here as the worker makes it.
+def test_lifecycle_of_a_continual_run_counts_epochs_across_tasks(plugins, write_config):
     recorder = Recorder()
     plugins.register(recorder, "recorder")
-    plugins.hook.kdlab_trial_end(study="s", trial_number=3, state="PRUNED", params={"loss.params.alpha": 0.5},
-                                 metrics={})
-    assert recorder.calls == [("kdlab_trial_end", "s", 3, "PRUNED")]
+    cfg = tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 2, "training.threads": 1,
+                                "continual": {}})
+    del cfg["teacher"]
+    cfg["loss"] = {"name": "ce"}
+    run(load_config(write_config(cfg)))
+    lifecycle = [c for c in recorder.calls if c[0] in ("kdlab_run_start", "kdlab_epoch_end", "kdlab_run_end")]
+    assert lifecycle == [
+        ("kdlab_run_start", "continual"),
+        *[("kdlab_epoch_end", "continual", e) for e in (1, 2, 3, 4)],
+        ("kdlab_run_end", "continual", "FINISHED", False),
+    ]
+
+
+def test_kdlab_trial_end_fires_once_per_trial_of_a_real_study_with_its_state(plugins, write_config):
+    """A study (in-process worker) with a recorder plugin: kdlab_trial_end fires once per trial, after that
+    trial's kdlab_run_end, with COMPLETE, PRUNED (an observer stops the run on purpose) or FAIL (it raises)."""
+    from kdlab.study.runner import StudyOptions, run_study
+
+    class Steer(Recorder):
+        @kdlab.hookimpl(trylast=True)
+        def kdlab_epoch_end(self, run, epoch, metrics):
+            super().kdlab_epoch_end(run, epoch, metrics)
+            if run.trial_number == 1:
+                raise Pruned("steered")
+            if run.trial_number == 2:
+                raise RuntimeError("broken on purpose")
+
+    recorder = Steer()
+    plugins.register(recorder, "recorder")
+    cfg = tiny_digits_config(**{"training.epochs": 2, "teacher.training.epochs": 2, "training.threads": 1})
+    cfg["study"] = {"n_trials": 3, "workers": 1, "baseline": False, "log_best_model": False,
+                    "search": {"loss.params.alpha": {"type": "float", "low": 0.1, "high": 0.9}},
+                    "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}}
+    summary = run_study(str(write_config(cfg, "study.yaml")), StudyOptions(quiet=True))
+    assert summary["states"] == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 1}
+    ends = [c for c in recorder.calls if c[0] == "kdlab_trial_end"]
+    assert ends == [("kdlab_trial_end", "study", 0, "COMPLETE"), ("kdlab_trial_end", "study", 1, "PRUNED"),
+                    ("kdlab_trial_end", "study", 2, "FAIL")]
+    trial_runs = [c for c in recorder.calls if c[0] in ("kdlab_run_end", "kdlab_trial_end") and
+                  (c[0] == "kdlab_trial_end" or c[1] == "trial")]
+    assert [c[0] for c in trial_runs] == ["kdlab_run_end", "kdlab_trial_end"] * 3
+    assert [c[2] for c in trial_runs if c[0] == "kdlab_run_end"] == ["FINISHED", "KILLED", "FAILED"]

@@ -12,7 +12,8 @@ from torch import nn
 
 import kdlab
 from conftest import tiny_digits_config
-from kdlab.config import ConfigError, Source, dump_yaml, load_config
+from kdlab.config import ConfigError, Source, dump_yaml
+from kdlab_test_helpers import load_config
 from kdlab.plugins import get_registry
 
 S = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
@@ -292,12 +293,13 @@ def test_gradients_reach_student_and_loss_modules_not_the_teacher(name):
 
 
 def test_feature_loss_trains_adapter_and_leaves_teacher_unchanged_in_a_run():
-    from kdlab.engine import run
+    from kdlab.modes import run
 
     cfg = tiny_digits_config(**{"loss.name": "fitnet", "tracking.enabled": False,
                                 "loss.params": {"student_layer": "blocks.0", "teacher_layer": "blocks.0"}})
     loaded = load_config(Source("run.yaml", dump_yaml(cfg)))
-    from kdlab.engine import Session, build_loss
+    from kdlab.distill import build_loss
+    from kdlab.session import Session
 
     session = Session()
     result = run(loaded, session=session)
@@ -309,7 +311,7 @@ def test_feature_loss_trains_adapter_and_leaves_teacher_unchanged_in_a_run():
 
 
 def test_dml_peers_are_trained_by_the_engine():
-    from kdlab.engine import run
+    from kdlab.modes import run
 
     cfg = tiny_digits_config(**{"loss.name": "dml", "loss.params": {}, "tracking.enabled": False})
     result = run(load_config(Source("run.yaml", dump_yaml(cfg))))
@@ -322,7 +324,7 @@ def test_dml_peers_are_trained_by_the_engine():
 
 @pytest.mark.parametrize("key,owner", [("student_layer", "the student"), ("teacher_layer", "the teacher")])
 def test_wrong_layer_name_lists_the_modules(key, owner):
-    from kdlab.engine import run
+    from kdlab.modes import run
 
     params = {"student_layer": "blocks.0", "teacher_layer": "blocks.0", key: "blocks.7"}
     cfg = tiny_digits_config(**{"loss.name": "fitnet", "loss.params": params, "tracking.enabled": False})
@@ -360,7 +362,7 @@ def test_every_method_has_a_paper_and_described_params():
 
 
 def test_student_init_from_checkpoint_with_frozen_layers(tmp_path):
-    from kdlab.engine import run
+    from kdlab.modes import run
 
     source = _mlp([16], 5)
     from kdlab_models.nets import MLP, MLPParams
@@ -405,7 +407,7 @@ def test_methods_study_file_is_valid():
 
 
 def test_multi_teacher_builds_trains_and_reuses_extra_teachers():
-    from kdlab.engine import Session, run
+    from kdlab.modes import Session, run
 
     extra = {"name": "mlp", "params": {"hidden": [32]}, "training": {"epochs": 2, "seed": 3}}
     cfg = tiny_digits_config(**{"loss.name": "multi", "tracking.enabled": False,
@@ -421,7 +423,7 @@ def test_multi_teacher_builds_trains_and_reuses_extra_teachers():
 
 
 def test_multi_extra_teacher_errors_name_the_problem():
-    from kdlab.engine import run
+    from kdlab.modes import run
 
     cfg = tiny_digits_config(**{"loss.name": "multi", "tracking.enabled": False,
                                 "loss.params": {"teachers": [{"name": "mlp", "params": {"hiden": [3]}}]}})
@@ -430,7 +432,7 @@ def test_multi_extra_teacher_errors_name_the_problem():
 
 
 def test_teacher_init_fine_tunes_a_source_model_and_is_another_teacher(tmp_path):
-    from kdlab.engine import Session, run
+    from kdlab.modes import Session, run
     from kdlab_models.nets import MLP, MLPParams
 
     source = MLP(MLPParams(hidden=[64]), (1, 8, 8), 10)

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 import kdlab
-from kdlab.config import load_config
+from kdlab_test_helpers import load_config
 from kdlab.errors import ConfigError, PluginError
 from kdlab.plugins import Plugins
 from kdlab.testing import write_distribution
@@ -144,7 +144,7 @@ def test_params_model_rejecting_the_config_names_file_key_value_and_expectation(
 BROKEN = {"kdlab_broken_plugin/__init__.py": "raise ImportError('kdlab-broken needs libfoo, which is missing')\n"}
 
 
-def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, monkeypatch, capsys):
+def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, monkeypatch, capsys, all_installed_plugins):
     write_distribution(tmp_path, "kdlab-broken", "0.0.1", {"broken": "kdlab_broken_plugin"}, BROKEN)
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins = Plugins()
@@ -159,7 +159,7 @@ def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, 
     assert plugins.registry.names("loss")
 
 
-def test_kdlab_plugins_shows_the_broken_plugin(tmp_path):
+def test_kdlab_plugins_shows_the_broken_plugin(tmp_path, all_installed_plugins):
     write_distribution(tmp_path, "kdlab-broken", "0.0.1", {"broken": "kdlab_broken_plugin"}, BROKEN)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "KDLAB_DISABLE_PLUGINS": "kdlab-data,kdlab-losses"}
     proc = subprocess.run([sys.executable, "-m", "kdlab", "plugins", "--json"], env=env, capture_output=True,

@@ -79,7 +79,7 @@ def test_test_plugin_is_unregistered_by_the_fixture():
 def test_a_registered_component_is_usable_from_a_config(plugins, write_config):
     from conftest import tiny_digits_config
 
-    from kdlab.config import load_config
+    from kdlab_test_helpers import load_config
 
     plugins.register(_plugin(kdlab_register_losses=lambda register: register("echo", Echo, EchoParams)), "test-echo")
     cfg = tiny_digits_config(**{"loss": {"name": "echo", "params": {"scale": 3}}})
@@ -132,7 +132,7 @@ def test_duplicate_component_names_name_both_plugins(plugins, capsys):
 def test_a_config_naming_a_duplicate_gets_a_config_error(plugins, write_config, capsys):
     from conftest import tiny_digits_config
 
-    from kdlab.config import load_config
+    from kdlab_test_helpers import load_config
     from kdlab.errors import ConfigError
 
     plugins.register(_plugin(kdlab_register_losses=lambda register: register("kd", Echo, EchoParams)), "test-dup")
@@ -267,7 +267,7 @@ def test_kdlab_disable_plugins(monkeypatch):
     assert "none are installed" in str(info.value)
 
 
-def test_disabling_a_duplicate_resolves_it(monkeypatch):
+def test_disabling_a_duplicate_resolves_it(monkeypatch, all_installed_plugins):
     """The advice the duplicate error gives works: disable one of the two plugins."""
     fake = types.ModuleType("kdlab_test_dup_plugin")
     fake.kdlab_register_losses = kdlab.hookimpl(lambda register: register("kd", Echo, EchoParams))
@@ -285,7 +285,7 @@ def test_disabling_a_duplicate_resolves_it(monkeypatch):
     assert p.registry.get("loss", "kd").plugin == "test-dup"
 
 
-def test_a_plugin_that_fails_to_import_is_skipped_and_reported(monkeypatch, capsys):
+def test_a_plugin_that_fails_to_import_is_skipped_and_reported(monkeypatch, capsys, all_installed_plugins):
     eps = list(metadata.entry_points(group="kdlab")) + [
         metadata.EntryPoint("test-missing", "kdlab_no_such_module_xyz", "kdlab")]
     monkeypatch.setattr(metadata, "entry_points", lambda group=None: [e for e in eps if e.group == group])
@@ -297,7 +297,7 @@ def test_a_plugin_that_fails_to_import_is_skipped_and_reported(monkeypatch, caps
     assert "plugin 'test-missing' was not loaded" in capsys.readouterr().err
 
 
-def test_an_installed_plugin_with_a_bad_hookimpl_is_skipped(monkeypatch, capsys):
+def test_an_installed_plugin_with_a_bad_hookimpl_is_skipped(monkeypatch, capsys, all_installed_plugins):
     fake = types.ModuleType("kdlab_test_bad_plugin")
     fake.kdlab_run_start = kdlab.hookimpl(lambda runn: None)
     monkeypatch.setitem(sys.modules, "kdlab_test_bad_plugin", fake)

@@ -11,10 +11,10 @@ from conftest import tiny_digits_config
 from pydantic import BaseModel, ConfigDict
 
 import kdlab
-from kdlab.config import load_config
+from kdlab_test_helpers import load_config
 from kdlab.errors import ConfigError
 from kdlab.study.config import load_study_config, sample, trial_overrides
-from kdlab.study.devices import DevicePool, plan_slots
+from kdlab.study.devices import plan_slots
 from kdlab.study.runner import StudyOptions, run_study
 from kdlab.study.storage import make_storage
 
@@ -138,28 +138,6 @@ def test_plan_slots_gpu_and_cpu():
     assert [(s.device, s.threads) for s in cpu] == [("cpu", 1), ("cpu", 1)]
     assert [(s.device, s.threads) for s in plan_slots("cpu", 1, cpu_count=8)] == [("cpu", 8)]
     assert [s.threads for s in plan_slots("cpu", 3, cpu_count=8)] == [2, 2, 2]
-
-
-def test_device_pool_never_puts_two_running_trials_on_one_device():
-    pool = DevicePool(["cuda:0", "cuda:1"])
-    running: dict[int, str] = {}
-    events = [("start", 0), ("start", 1), ("start", 2), ("end", 0), ("start", 2), ("start", 3), ("end", 1),
-              ("start", 3), ("end", 2), ("end", 3)]
-    for what, trial in events:
-        if what == "start":
-            device = pool.acquire(trial)
-            if device is None:
-                assert len(running) == 2  # refused only when both devices are busy
-                continue
-            assert device not in running.values()
-            running[trial] = device
-        else:
-            pool.release(trial)
-            del running[trial]
-    assert sorted(pool.free) == ["cuda:0", "cuda:1"]
-
-
-# --- a tiny study end to end ----------------------------------------------------------------------------------
 
 
 def test_tiny_study_mlflow_layout(write_config, kdlab_home):

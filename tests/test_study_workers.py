@@ -85,14 +85,14 @@ def test_spawned_workers_run_exactly_n_trials(write_config, kdlab_home):
 #: runs `kdlab study` in a fresh process, logging which process builds data and which runs trials
 DRIVER = textwrap.dedent("""
     import os, sys
-    from kdlab import engine
+    from kdlab import session
     from kdlab.study import worker
 
     log = sys.argv[1]
-    get_data = engine.Session.get_data
+    get_data = session.Session.get_data
 
     def logged_get_data(self, loaded):
-        if engine.data_fingerprint(loaded) not in self.data:
+        if session.data_fingerprint(loaded) not in self.data:
             with open(log, "a") as f:
                 f.write(f"data {os.getpid()}\\n")
         return get_data(self, loaded)
@@ -104,7 +104,7 @@ DRIVER = textwrap.dedent("""
             f.write(f"trial {os.getpid()}\\n")
         return call(self, trial)
 
-    engine.Session.get_data = logged_get_data
+    session.Session.get_data = logged_get_data
     worker.Objective.__call__ = logged_call
     from kdlab.cli import main
 

@@ -37,7 +37,9 @@ def site(tmp_path_factory) -> Path:
 
 def _env(site: Path, **extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    # kdlab loads every installed plugin there, the template's included (the tests' own default loads only kdlab's)
+    env = {k: v for k, v in os.environ.items() if k != "KDLAB_PLUGINS"}
+    return {**env, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
 def test_template_has_one_component_of_each_kind_and_the_kdlab_entry_point():
@@ -69,7 +71,7 @@ def test_kdlab_discovers_and_lists_the_installed_template(site):
 
 
 @pytest.fixture
-def installed(site, monkeypatch):
+def installed(site, monkeypatch, all_installed_plugins):
     """The template on sys.path and kdlab's plugin manager reloaded from the installed entry points."""
     monkeypatch.syspath_prepend(str(site))
     reset_plugins()

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_digits_config
-from kdlab.config import OptimizerConfig, load_config
+from kdlab.config import OptimizerConfig
+from kdlab_test_helpers import load_config
 from kdlab.functional import masked_cross_entropy
 from kdlab.training import TrainSet, build_optimizer, fit
 from kdlab.types import UNLABELED, Loss, LossOutput, Split
@@ -80,7 +81,7 @@ def test_masked_cross_entropy_averages_over_labelled_rows(smoothing):
 
 
 def test_runs_of_a_session_share_the_training_rows(write_config):
-    from kdlab.engine import Session, run
+    from kdlab.modes import Session, run
 
     loaded = load_config(write_config(tiny_digits_config(**{"tracking.enabled": False, "training.epochs": 1})))
     session = Session()

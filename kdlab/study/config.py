@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kdlab.config import LoadedConfig, Problem, problems_from_validation, register_title
+from kdlab.config import DEVICE, LoadedConfig, Problem, load_config, problems_from_validation
 from kdlab.errors import ConfigError
+from kdlab.metrics import OBJECTIVES
 
 
 class _Strict(BaseModel):
@@ -111,10 +112,6 @@ class PrunerConfig(_Strict):
     min_resource: int = Field(3, ge=1, description="hyperband: minimum epochs")
 
 
-#: metrics an objective may name (final metrics; test metrics are recorded, never optimised)
-OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "agreement", "student_params", "compression_ratio", "train_time_s",
-                     "teacher_val_accuracy")
-
 
 class StudyConfig(_Strict):
     name: str | None = Field(None, description="study name (default: the file's stem); also the MLflow experiment")
@@ -136,8 +133,6 @@ class StudyConfig(_Strict):
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
 
-
-register_title(StudyConfig)
 
 
 class LoadedStudy:
@@ -173,7 +168,7 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        problems += problems_from_validation(exc, prefix=("study",), source=source)
+        problems += problems_from_validation(exc, StudyConfig, prefix=("study",), source=source)
         study = StudyConfig()
     adapter = TypeAdapter(Dimension)
     for key, spec in search_raw.items():
@@ -205,8 +200,8 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
         if obj.metric.startswith("test_"):
             problems.append(Problem("study.objective.metric", "test metrics are recorded but never drive the search; "
                                     "use a validation metric such as val_accuracy", obj.metric))
-        elif obj.metric not in OBJECTIVE_METRICS:
-            problems.append(Problem("study.objective.metric", f"expected one of {', '.join(OBJECTIVE_METRICS)}", obj.metric))
+        elif obj.metric not in OBJECTIVES:
+            problems.append(Problem("study.objective.metric", f"expected one of {', '.join(OBJECTIVES)}", obj.metric))
     if len(study.objectives) > 1 and study.sampler.name == "cmaes":
         problems.append(Problem("study.sampler.name", "CMA-ES is single-objective; use tpe or nsga2 for several objectives", "cmaes"))
     if study.sampler.name == "grid":
@@ -216,10 +211,8 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
             except ValueError as exc:
                 problems.append(Problem(f"study.search.{key}", str(exc), dim.model_dump()))
     if isinstance(study.devices, list):
-        from kdlab.config import _DEVICE
-
         for i, d in enumerate(study.devices):
-            if not _DEVICE.match(d) or d == "auto":
+            if not DEVICE.match(d) or d == "auto":
                 problems.append(Problem(f"study.devices.{i}", "expected cpu, cuda or cuda:N", d))
     if problems:
         raise ConfigError(source.name, problems)
@@ -228,8 +221,6 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
 
 def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any] | None, line: int | None) -> list[Problem]:
     """A search key must be a config key: try its values on the base config and validate."""
-    from kdlab.config import load_config
-
     if key.startswith("study.") or key.startswith("tracking."):
         return [Problem(f"study.search.{key}", "study and tracking settings cannot be searched", key, line=line)]
     values = dim.choices if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
@@ -240,7 +231,7 @@ def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any]
         owners = []
         for name in loss_choices:
             try:
-                comp = loaded.components["loss"] if name == loaded.config.loss.name else _registry().get("loss", name)
+                comp = loaded.components["loss"] if name == loaded.config.loss.name else loaded.registry.get("loss", name)
             except LookupError:
                 continue
             if param in comp.params.model_fields:
@@ -255,18 +246,12 @@ def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any]
             if key == "loss.name":  # a loss chosen by the search starts from its own defaults
                 ctx = {"loss.params": dict(loaded.config.loss.params) if v == loaded.config.loss.name else {}}
             try:
-                load_config(loaded.source, registry=_registry(), overrides={**ctx, key: v})
+                load_config(loaded.source, registry=loaded.registry, overrides={**ctx, key: v})
             except ConfigError as exc:
                 bad = [p for p in exc.problems]
                 msg = "; ".join(f"{p.key}: {p.message}" for p in bad)
                 return [Problem(f"study.search.{key}", f"value {v!r} does not make a valid config ({msg})", v, line=line)]
     return out
-
-
-def _registry():
-    from kdlab.plugins import get_registry
-
-    return get_registry()
 
 
 def active(dim: Any, chosen: dict[str, Any]) -> bool:
@@ -295,7 +280,7 @@ def sample(study: LoadedStudy, trial) -> dict[str, Any]:
             continue
         if key.startswith("loss.params.") and "loss.name" in chosen:
             if loss_params is None:
-                loss_params = set(_registry().get("loss", chosen["loss.name"]).params.model_fields)
+                loss_params = set(study.loaded.registry.get("loss", chosen["loss.name"]).params.model_fields)
             if key.split(".", 2)[2] not in loss_params:
                 continue
         chosen[key] = dim.suggest(trial, key)

@@ -52,24 +52,3 @@ def plan_slots(devices: str | list[str], workers: int | str, cpu_count: int | No
     gpu_threads = max(1, cores // max(1, n)) if n_cpu == 0 else 1
     return [Slot(i, d, cpu_threads if d == "cpu" else gpu_threads) for i, d in enumerate(assigned)]
 
-
-class DevicePool:
-    """Hands out devices to running trials so that no two running trials share a device (one slot per device).
-
-    Used by a worker scheduler; with one process per slot the guarantee holds by construction, and this class
-    states it so it can be tested without GPUs.
-    """
-
-    def __init__(self, devices: list[str]):
-        self.free = list(devices)
-        self.busy: dict[int, str] = {}
-
-    def acquire(self, trial: int) -> str | None:
-        if not self.free:
-            return None
-        device = self.free.pop(0)
-        self.busy[trial] = device
-        return device
-
-    def release(self, trial: int) -> None:
-        self.free.append(self.busy.pop(trial))

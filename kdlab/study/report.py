@@ -1,12 +1,13 @@
-"""Study progress, the summary table, and what the parent MLflow run records at the end (best trial, plots)."""
+"""What a study shows a person: its summary (read from the Optuna storage alone), the summary table, and the live
+progress line. It writes nothing (the MLflow record is :mod:`kdlab.study.record`)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from kdlab.study.worker import ATTR_FAIL, ATTR_METRICS, ATTR_RUN_ID
+from kdlab.study import attrs
+from kdlab.study.trials import finished_count
 
 
 def _states(study) -> dict[str, int]:
@@ -28,21 +29,21 @@ def best_trials(study) -> list[Any]:
 
 def summarize(study) -> dict[str, Any]:
     """Everything `kdlab study show` prints, read from the Optuna storage alone."""
-    attrs = study.user_attrs
+    user = study.user_attrs
     best = best_trials(study)
     return {
         "study": study.study_name,
         "directions": [d.name.lower() for d in study.directions],
         "states": _states(study),
         "best": [{"number": t.number, "values": t.values, "params": t.params,
-                  "metrics": t.user_attrs.get(ATTR_METRICS, {}), "run_id": t.user_attrs.get(ATTR_RUN_ID)}
+                  "metrics": t.user_attrs.get(attrs.METRICS, {}), "run_id": t.user_attrs.get(attrs.RUN_ID)}
                  for t in best],
-        "baseline": attrs.get("baseline_metrics"),
-        "teacher": attrs.get("teacher_metrics"),
-        "parent_run_id": attrs.get("mlflow_parent_run_id"),
-        "experiment": attrs.get("mlflow_experiment"),
-        "tracking_uri": attrs.get("mlflow_tracking_uri"),
-        "failures": [{"number": t.number, "reason": t.user_attrs.get(ATTR_FAIL, "")}
+        "baseline": user.get(attrs.BASELINE),
+        "teacher": user.get(attrs.TEACHER),
+        "parent_run_id": user.get(attrs.PARENT),
+        "experiment": user.get(attrs.EXPERIMENT),
+        "tracking_uri": user.get(attrs.TRACKING),
+        "failures": [{"number": t.number, "reason": t.user_attrs.get(attrs.FAIL, "")}
                      for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"],
     }
 
@@ -120,8 +121,6 @@ class StudyProgress:
         if self._progress is None or (not force and time.monotonic() - self._last < 1.0):
             return
         self._last = time.monotonic()
-        from kdlab.study.runner import finished_count
-
         states = _states(self.study)
         best = best_trials(self.study)
         best_txt = ""
@@ -138,116 +137,3 @@ class StudyProgress:
             self.update(force=True)
             self._progress.stop()
         return False
-
-
-def finalize(study, lstudy, tracker, parent_run_id: str, status: str) -> None:
-    """Record the best trial(s), plots and the best student model on the parent run; end it with ``status``."""
-    from mlflow.entities import Metric, RunTag
-
-    from kdlab.tracking import _retry
-
-    client = tracker.client
-    summary = summarize(study)
-    ts = int(time.time() * 1000)
-    states = summary["states"]
-    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, 0) for k, v in states.items()]
-    tags = [RunTag("kdlab.trial_states", json.dumps(states))]
-    if summary["best"]:
-        b = summary["best"][0]
-        metrics += [Metric(f"best_{k}", float(v), ts, 0) for k, v in b["metrics"].items()]
-        metrics.append(Metric("best_trial_number", float(b["number"]), ts, 0))
-        tags += [RunTag(f"best.{k}", str(v)) for k, v in b["params"].items()]
-        if b["run_id"]:
-            tags.append(RunTag("kdlab.best_run_id", b["run_id"]))
-            tags.append(RunTag("mlflow.note.content", f"Best trial: [trial-{b['number']}]({tracker.run_url(b['run_id'])})"))
-        client.log_text(parent_run_id, json.dumps(summary["best"], indent=2, default=str), "best_trials.json")
-    _retry(client.log_batch, parent_run_id, metrics=metrics, tags=tags)
-    _log_plots(study, lstudy, client, parent_run_id)
-    if summary["best"] and lstudy.study.log_best_model and status == "FINISHED":
-        try:
-            _log_best_model(study, lstudy, tracker, summary["best"][0])
-        except Exception as exc:  # noqa: BLE001 - the study's results stand without the model copy
-            client.set_tag(parent_run_id, "kdlab.best_model_error", f"{type(exc).__name__}: {exc}"[:5000])
-    _retry(client.set_terminated, parent_run_id, status)
-
-
-def _log_plots(study, lstudy, client, parent_run_id: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as vm
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    multi = len(study.directions) > 1
-    names = [o.metric for o in lstudy.study.objectives]
-    plots: list[tuple[str, Any]] = []
-    if complete:
-        if multi:
-            plots.append(("pareto_front", lambda: vm.plot_pareto_front(study, target_names=names)))
-            plots.append(("optimization_history", lambda: vm.plot_optimization_history(
-                study, target=lambda t: t.values[0], target_name=names[0])))
-        else:
-            plots.append(("optimization_history", lambda: vm.plot_optimization_history(study, target_name=names[0])))
-    if len(complete) >= 2 and study.get_trials(deepcopy=False)[0].params:
-        tgt = (lambda t: t.values[0]) if multi else None
-        plots.append(("param_importances", lambda: vm.plot_param_importances(study, target=tgt, target_name=names[0])))
-        plots.append(("parallel_coordinate", lambda: vm.plot_parallel_coordinate(study, target=tgt, target_name=names[0])))
-    import warnings
-
-    for name, make in plots:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ax = make()
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(9, 5.5)
-            fig.tight_layout()
-            client.log_figure(parent_run_id, fig, f"plots/{name}.png")
-            plt.close(fig)
-        except Exception as exc:  # noqa: BLE001 - e.g. importances of a one-value space; note it and go on
-            client.set_tag(parent_run_id, f"kdlab.plot_skipped.{name}", f"{type(exc).__name__}: {exc}"[:500])
-
-
-def _log_best_model(study, lstudy, tracker, best: dict[str, Any]) -> None:
-    """Log the best trial's student (from its state_dict artifact) with ``mlflow.pytorch.log_model``."""
-    import mlflow
-
-    run_id = best["run_id"]
-    if not run_id:
-        return
-    if any(o.path.startswith("student") and o.is_dir for o in tracker.client.list_artifacts(run_id)) and \
-            any(f.path.endswith("MLmodel") for f in tracker.client.list_artifacts(run_id, "student")):
-        return
-    import torch
-
-    from kdlab.config import load_config
-    from kdlab.engine import Session
-    from kdlab.study.config import trial_overrides
-    from kdlab.teacher import build_model, load_state_dict_file, load_weights
-    from kdlab.tracking import TrackedRun
-
-    trial = study.trials[best["number"]]
-    chosen = {k: _decode(lstudy, k, v) for k, v in trial.params.items()}
-    loaded = load_config(lstudy.loaded.source, overrides={**lstudy.overrides,
-                                                          **trial_overrides(lstudy, chosen)})
-    data = Session().get_data(loaded)
-    model = build_model(loaded.components["student"], loaded.params["student"], data)
-    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/student/state_dict.pt", tracking_uri=tracker.uri)
-    from pathlib import Path
-
-    load_weights(model, load_state_dict_file(Path(local), "best trial"), key="best trial", value=run_id)
-    TrackedRun(tracker, run_id).log_model(model, "student", data.train.x[:8])
-    tracker.client.set_tag(run_id, "kdlab.best", "true")
-    del torch
-
-
-def _decode(lstudy, key: str, value: Any) -> Any:
-    """Categorical choices that are lists travel through Optuna as YAML text."""
-    dim = lstudy.study.search.get(key)
-    if dim is not None and dim.type == "categorical":
-        enc = dim.grid()
-        if value in enc:
-            return dim.choices[enc.index(value)]
-    return value

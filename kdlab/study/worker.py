@@ -1,7 +1,8 @@
 """A study worker: one process per device slot, running trials one at a time on its device.
 
-Workers are started with ``spawn`` (CUDA does not survive ``fork``) and share a trial counter so that a study runs
-exactly its budget of trials however many workers take part.
+Workers share a trial counter so that a study runs exactly its budget of trials however many workers take part.
+Each trial is one run of :func:`kdlab.modes.run` with a :class:`~kdlab.study.pruning.TrialObserver` watching it;
+its outcome is told to Optuna, tagged on its MLflow run, and announced with ``kdlab_trial_end``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Optuna user attrs set on every trial (public: `kdlab study show` and reviewers read them)
-ATTR_METRICS = "metrics"
-ATTR_RUN_ID = "mlflow_run_id"
-ATTR_FAIL = "fail_reason"
-ATTR_DEVICE = "device"
-ATTR_WORKER = "worker"
-INTERRUPTED = "interrupted"
+from kdlab.study import attrs
 
 
 @dataclass
@@ -40,115 +35,79 @@ class WorkerSpec:
     plugin_env: dict[str, str] = field(default_factory=dict)
 
 
-def build_sampler(study_cfg, index: int = 0):
-    import optuna
-
-    s = study_cfg.sampler
-    seed = None if s.seed is None else s.seed + index
-    multi = len(study_cfg.objectives) > 1
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler({k: d.grid() for k, d in study_cfg.search.items()}, seed=seed)
-    if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    conditional = "loss.name" in study_cfg.search or any(d.when for d in study_cfg.search.values())
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True,
-                                      group=conditional and not multi, constant_liar=True)
-
-
-def build_pruner(study_cfg):
-    import optuna
-
-    p = study_cfg.pruner
-    if p.name == "none" or len(study_cfg.objectives) > 1:
-        return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource)
-    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-
-
 class Objective:
-    """Runs one trial: sample, train through the engine as a nested MLflow run, report per epoch, record."""
+    """Runs one trial: sample, train as a nested MLflow run, let the observer report each epoch, record."""
 
-    def __init__(self, spec: WorkerSpec, lstudy, session, tracker):
+    def __init__(self, spec: WorkerSpec, lstudy, session):
         self.spec = spec
         self.lstudy = lstudy
         self.session = session
-        self.tracker = tracker
         self.objectives = lstudy.study.objectives
 
     def __call__(self, trial) -> float | tuple[float, ...]:
         import optuna
 
         from kdlab.config import load_config
-        from kdlab.engine import RunOptions, run
+        from kdlab.errors import Pruned
+        from kdlab.lifecycle import RunOptions
+        from kdlab.modes import run
         from kdlab.plugins import get_plugins
         from kdlab.study.config import sample, trial_overrides
+        from kdlab.study.pruning import TrialObserver
 
         chosen = sample(self.lstudy, trial)
-        trial.set_user_attr(ATTR_DEVICE, self.spec.device)
-        trial.set_user_attr(ATTR_WORKER, self.spec.index)
-        state, metrics, run_id = "FAIL", {}, None
+        trial.set_user_attr(attrs.DEVICE, self.spec.device)
+        trial.set_user_attr(attrs.WORKER, self.spec.index)
+        first = self.objectives[0]
+        prunable = len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss")
+        observer = TrialObserver(trial, first.metric if prunable else None)
+        state, metrics = "FAIL", {}
         try:
-            loaded = load_config(self.lstudy.loaded.source,
+            loaded = load_config(self.lstudy.loaded.source, registry=self.lstudy.loaded.registry,
                                  overrides={**self.spec.overrides, **trial_overrides(self.lstudy, chosen)})
-            callbacks = []
-            first = self.objectives[0]
-            if len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss"):
-                def report(epoch: int, m: dict[str, float]) -> None:
-                    trial.report(m[first.metric], epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned after epoch {epoch} ({first.metric}={m[first.metric]:.4f})")
-
-                callbacks.append(report)
             options = RunOptions(
-                role="trial", tracker=self.tracker, parent_run_id=self.spec.parent_run_id,
-                run_name=f"trial-{trial.number}", trial_number=trial.number, device=self.spec.device,
+                role="trial", parent_run_id=self.spec.parent_run_id, run_name=f"trial-{trial.number}",
+                trial_number=trial.number, device=self.spec.device, observers=[observer], log_model=False,
                 tags={"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING"},
-                params={"trial_number": trial.number}, epoch_callbacks=callbacks, log_model=False,
+                params={"trial_number": trial.number},
             )
-            result = run(loaded, options, self.session)
-            run_id, metrics = result.run_id, result.metrics
+            metrics = run(loaded, options, self.session).metrics
             values = [metrics[o.metric] for o in self.objectives]
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"objective is not finite: {values}")
             state = "COMPLETE"
-            trial.set_user_attr(ATTR_METRICS, metrics)
+            trial.set_user_attr(attrs.METRICS, metrics)
             return values[0] if len(values) == 1 else tuple(values)
-        except optuna.TrialPruned as exc:
+        except Pruned as exc:
             state = "PRUNED"
-            run_id = getattr(exc, "kdlab_run_id", run_id)
-            trial.set_user_attr(ATTR_FAIL, str(exc))
-            raise
-        except KeyboardInterrupt as exc:
-            run_id = getattr(exc, "kdlab_run_id", run_id)
-            trial.set_user_attr(ATTR_FAIL, INTERRUPTED)
+            trial.set_user_attr(attrs.FAIL, str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr(attrs.FAIL, attrs.INTERRUPTED)
             raise
         except BaseException as exc:
-            run_id = getattr(exc, "kdlab_run_id", run_id)
-            reason = _reason(exc)
-            trial.set_user_attr(ATTR_FAIL, reason)
+            trial.set_user_attr(attrs.FAIL, _reason(exc))
             if _is_oom(exc):
                 _free_cuda()
             raise
         finally:
-            if run_id:
-                trial.set_user_attr(ATTR_RUN_ID, run_id)
-                tags = {"kdlab.trial_state": state}
-                if state != "COMPLETE":
-                    tags["kdlab.fail_reason"] = trial.user_attrs.get(ATTR_FAIL, "")[:5000]
-                try:
-                    from kdlab.tracking import _retry
-
-                    for k, v in tags.items():
-                        _retry(self.tracker.client.set_tag, run_id, k, v)
-                except Exception:  # noqa: BLE001 - tracking trouble must not hide the trial's own outcome
-                    pass
+            self._record(trial, observer.run_id, state)
             get_plugins().hook.kdlab_trial_end(study=self.spec.study_name, trial_number=trial.number, state=state,
                                                params=chosen, metrics=metrics)
+
+    def _record(self, trial, run_id: str | None, state: str) -> None:
+        """Tag the trial's MLflow run with its outcome (its status was set when the run ended)."""
+        if not run_id:
+            return
+        trial.set_user_attr(attrs.RUN_ID, run_id)
+        tags = {"kdlab.trial_state": state}
+        if state != "COMPLETE":
+            tags["kdlab.fail_reason"] = trial.user_attrs.get(attrs.FAIL, "")[:5000]
+        tracker = self.session.tracker(self.lstudy.loaded)
+        try:
+            tracker.run(run_id).set_tags(tags)
+        except Exception:  # noqa: BLE001 - tracking trouble must not hide the trial's own outcome
+            pass
 
 
 def _reason(exc: BaseException) -> str:
@@ -182,6 +141,7 @@ def _free_cuda() -> None:
 def open_study(spec: WorkerSpec, lstudy):
     import optuna
 
+    from kdlab.study.sampling import build_pruner, build_sampler
     from kdlab.study.storage import make_storage
 
     optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
@@ -212,17 +172,16 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
     # a failed trial's reason is recorded (fail_reason); Optuna's own warning would repeat its traceback
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     from kdlab.config import load_config
-    from kdlab.engine import Session
-    from kdlab.study.config import load_study_config
-    from kdlab.tracking import Tracker
+    from kdlab.plugins import get_registry
+    from kdlab.session import Session
+    from kdlab.study.config import LoadedStudy, load_study_config
 
-    loaded = load_config(spec.config_path, overrides=spec.overrides)
-    lstudy = load_study_config(loaded)
+    loaded = load_config(spec.config_path, registry=get_registry(), overrides=spec.overrides)
+    lstudy = LoadedStudy(loaded, load_study_config(loaded).study, spec.overrides)
     study = open_study(spec, lstudy)
     session = session or Session()
-    tracker = Tracker(spec.tracking_uri, spec.experiment)
     preimport()  # before the first trial, so that its recorded time is the trial's
-    objective = Objective(spec, lstudy, session, tracker)
+    objective = Objective(spec, lstudy, session)
     claimed = 0
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:

@@ -1,12 +1,10 @@
-"""The ``kdlab`` command. Subcommands import what they need when they run, so ``kdlab --help`` stays fast
-(no torch, no MLflow)."""
+"""The command line: the parser of every subcommand, and exit codes (1 error, 2 invalid config, 3 plugin error,
+130 interrupted)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from typing import Any
 
 from kdlab import __version__
 
@@ -63,86 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     from kdlab.errors import KdlabError
 
     try:
-        handler = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "study": cmd_study}[args.command]
-        return handler(args)
+        if args.command in ("run", "validate"):
+            from kdlab.cli.run import main as command
+        elif args.command == "plugins":
+            from kdlab.cli.plugins import main as command
+        else:
+            from kdlab.cli.study import main as command
+        return command(args)
     except KdlabError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("kdlab: interrupted", file=sys.stderr)
         return 130
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from kdlab.config import parse_override
-
-    return dict(parse_override(o) for o in args.overrides)
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from kdlab.config import load_config
-
-    loaded = load_config(args.file, overrides=_overrides(args))
-    if loaded.config.study is not None:
-        from kdlab.study.config import load_study_config
-
-        load_study_config(loaded)
-    cfg = loaded.config
-    parts = [f"data={cfg.data.name}", f"student={cfg.student.name}", f"loss={cfg.loss.name}"]
-    if cfg.teacher:
-        parts.insert(1, f"teacher={cfg.teacher.name}")
-    print(f"{args.file}: ok ({', '.join(parts)}{', with a study' if cfg.study is not None else ''})")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from kdlab.config import load_config
-
-    overrides = _overrides(args)
-    if args.tracking_uri:
-        overrides["tracking.uri"] = args.tracking_uri
-    if args.device:
-        overrides["training.device"] = args.device
-    if args.no_track:
-        overrides["tracking.enabled"] = False
-    loaded = load_config(args.file, overrides=overrides)
-
-    from kdlab.console import RichReporter, make_console, metrics_table
-    from kdlab.engine import RunOptions, run
-
-    console = make_console()
-    reporter = RichReporter(quiet=args.quiet, console=console)
-    result = run(loaded, RunOptions(reporter=reporter))
-    order = ["test_accuracy", "val_accuracy", "old_task_accuracy", "new_task_accuracy", "forgetting",
-             "teacher_test_accuracy", "assistant_test_accuracy", "agreement", "student_params", "teacher_params",
-             "compression_ratio", "train_time_s"]
-    rows = [(k, result.metrics[k]) for k in order if k in result.metrics]
-    if not args.quiet:
-        console.print(metrics_table(f"{loaded.name}: {loaded.config.student.name} <- "
-                                    f"{loaded.config.teacher.name if loaded.config.teacher else 'labels'} "
-                                    f"({loaded.config.loss.name})", rows))
-        if result.run_id:
-            from kdlab.paths import default_tracking_uri
-
-            uri = loaded.config.tracking.uri or default_tracking_uri()
-            console.print(f"MLflow run {result.run_id} in {uri}\n  view: mlflow ui --backend-store-uri {uri}")
-    else:
-        print(" ".join(f"{k}={v:.4f}" for k, v in rows))
-    return 0
-
-
-def cmd_plugins(args: argparse.Namespace) -> int:
-    from kdlab.plugins_cli import plugins_list, plugins_show
-
-    if args.action == "show":
-        return plugins_show(args.name, kind=args.kind, as_json=args.json)
-    return plugins_list(as_json=args.json)
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from kdlab.study.cli import study_command
-
-    return study_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

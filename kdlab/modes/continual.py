@@ -10,10 +10,10 @@ task-aware setting): training and evaluation on a task use the logits of that ta
   over the old tasks' heads (``method: lwf``), or the cross-entropy alone (``method: finetune``, the baseline that
   forgets). The paper's warm-up step (new head only) is not done.
 
-Final metrics (public interface): ``old_task_accuracy`` (mean test accuracy over the earlier tasks, at the end),
-``new_task_accuracy`` (the last task), ``forgetting`` (mean over the earlier tasks of accuracy right after learning
-the task minus accuracy at the end) and ``task<k>_accuracy``. The run is tracked as one MLflow run (role
-``continual``); per-epoch metrics are named ``task<k>_<metric>``. The ``teacher`` and ``loss`` sections are not used.
+Final metrics (public interface, ``kdlab.metrics.CONTINUAL``): ``old_task_accuracy``, ``new_task_accuracy``,
+``forgetting`` and ``task<k>_accuracy``. The run is one lifecycle (role ``continual``, one MLflow run) whose
+epochs run on across the tasks; per-epoch metrics are named ``task<k>_<metric>``. The ``teacher`` and ``loss``
+sections are not used.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from kdlab import __version__
 from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.distill import RunResult
 from kdlab.errors import KdlabError
-from kdlab.functional import masked_cross_entropy, soft_kl
-from kdlab.teacher import build_model
+from kdlab.functional import accuracy, masked_cross_entropy, soft_kl
+from kdlab.lifecycle import RunOptions, tracked_run
+from kdlab.models import build_model
+from kdlab.session import Session
 from kdlab.training import TrainSet, fit, predict, resolve_device, seed_everything
-from kdlab.types import Data, Loss, LossInputs, LossOutput, Split
-
-FINAL_METRICS = ("old_task_accuracy", "new_task_accuracy", "forgetting")
+from kdlab.types import Data, Loss, LossInputs, LossOutput, RunInfo, Split
 
 
 class TaskView(nn.Module):
@@ -81,14 +82,10 @@ def task_split(split: Split, classes: list[int]) -> Split:
 def task_accuracy(net: nn.Module, split: Split, classes: list[int], device: torch.device, batch_size: int) -> float:
     part = task_split(split, classes)
     logits, _ = predict(TaskView(net, classes).to(device), part.x.to(device), batch_size)
-    return float((logits.argmax(1) == part.y.to(device)).float().mean())
+    return float(accuracy(logits, part.y.to(device)))
 
 
-def run_continual(loaded: LoadedConfig, options, session):
-    from kdlab.engine import RunResult
-    from kdlab.plugins import get_plugins
-    from kdlab.types import RunInfo
-
+def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -> RunResult:
     cfg, ccfg, tcfg = loaded.config, loaded.config.continual, loaded.config.training
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -100,22 +97,19 @@ def run_continual(loaded: LoadedConfig, options, session):
                          "(kdlab.Data.tasks needs at least two)")
     seed_everything(tcfg.seed)
     net = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
-    tracked = None
-    if cfg.tracking.enabled:
-        tracked = (options.tracker or session.tracker(loaded)).start(
-            options.run_name or f"continual-{cfg.student.name}-{ccfg.method}-seed{tcfg.seed}",
-            tags={"kdlab.role": "continual", "kdlab.version": __version__, "kdlab.seed": str(tcfg.seed),
-                  "kdlab.continual_method": ccfg.method, **options.tags},
-            parent_run_id=options.parent_run_id, flush_every_s=cfg.tracking.flush_every_s)
-        tracked.log_params(flatten({k: v for k, v in cfg.resolved_dict().items()
-                                    if k not in ("study", "tracking", "teacher", "loss", "assistant")}))
-    info = RunInfo(role="continual", config=cfg, device=str(device), run_id=tracked.run_id if tracked else None,
-                   trial_number=options.trial_number)
-    hook = get_plugins().hook
-    hook.kdlab_run_start(run=info)
-    status, metrics, step = "FAILED", {}, 0
-    just_learned: list[float] = []
-    try:
+    epochs = [(ccfg.first_task_epochs or tcfg.epochs) if k == 0 else tcfg.epochs for k in range(len(tasks))]
+    info = RunInfo(role=options.role if options.role != "student" else "continual", config=cfg, device=str(device),
+                   trial_number=options.trial_number, epochs=sum(epochs),
+                   name=options.run_name or f"continual-{cfg.student.name}-{ccfg.method}-seed{tcfg.seed}")
+    tags = {"kdlab.role": info.role, "kdlab.version": __version__, "kdlab.seed": str(tcfg.seed),
+            "kdlab.continual_method": ccfg.method, **options.tags}
+    params = flatten({k: v for k, v in cfg.resolved_dict().items()
+                      if k not in ("study", "tracking", "teacher", "loss", "assistant")})
+    with tracked_run(info, tracker=session.tracker(loaded), tags=tags, params={**params, **options.params},
+                     parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
+                     flush_every_s=cfg.tracking.flush_every_s) as live:
+        step = 0
+        just_learned: list[float] = []
         for k, classes in enumerate(tasks):
             train, val = task_split(data.train, classes), task_split(data.val, classes)
             old_classes = [c for task in tasks[:k] for c in task]
@@ -124,35 +118,22 @@ def run_continual(loaded: LoadedConfig, options, session):
                 teacher_logits, _ = predict(net, train.x.to(device), tcfg.eval_batch_size)
                 teacher_logits = teacher_logits[:, old_classes]
             loss = LwFLoss(old_classes, ccfg.temperature, ccfg.old_weight if teacher_logits is not None else 0.0)
-            epochs = ccfg.first_task_epochs or tcfg.epochs if k == 0 else tcfg.epochs
-            offset = step
 
-            def log(epoch: int, m: dict[str, float], k=k, offset=offset) -> None:
-                named = {f"task{k}_{name}": v for name, v in m.items()}
-                if tracked:
-                    tracked.log_epoch(offset + epoch, named)
-                options.reporter.epoch(epoch, m)
-                hook.kdlab_epoch_end(run=info, epoch=offset + epoch, metrics=named)
+            def on_epoch(epoch: int, m: dict[str, float], k=k, offset=step) -> None:
+                live.epoch(offset + epoch, {f"task{k}_{name}": v for name, v in m.items()})
 
-            options.reporter.stage(f"continual task {k} {classes}", epochs)
             fit(TaskView(net, classes).to(device), loss.to(device),
                 TrainSet(train.x.to(device), train.y.to(device), teacher_logits), val.to(device),
-                optimizer=cfg.optimizer, epochs=epochs, batch_size=tcfg.batch_size, seed=tcfg.seed + k, device=device,
-                keep_best=tcfg.keep_best, eval_batch_size=tcfg.eval_batch_size, on_epoch=[log])
-            options.reporter.done()
-            step += epochs
+                optimizer=cfg.optimizer, epochs=epochs[k], batch_size=tcfg.batch_size, seed=tcfg.seed + k,
+                device=device, keep_best=tcfg.keep_best, eval_batch_size=tcfg.eval_batch_size, on_epoch=on_epoch)
+            step += epochs[k]
             just_learned.append(task_accuracy(net, data.test, classes, device, tcfg.eval_batch_size))
         final = [task_accuracy(net, data.test, c, device, tcfg.eval_batch_size) for c in tasks]
         metrics = {f"task{k}_accuracy": a for k, a in enumerate(final)}
         metrics["old_task_accuracy"] = statistics.mean(final[:-1])
         metrics["new_task_accuracy"] = final[-1]
         metrics["forgetting"] = statistics.mean(b - a for b, a in zip(just_learned[:-1], final[:-1]))
-        if tracked:
-            tracked.log_metrics(metrics)
-            tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
-        status = "FINISHED"
-        return RunResult(metrics, tracked.run_id if tracked else None, net, None, None)
-    finally:
-        if tracked:
-            tracked.end(status)
-        hook.kdlab_run_end(run=info, metrics=metrics, status=status)
+        live.finish(metrics, step=step)
+        if live.tracked:
+            live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
+    return RunResult(metrics, info.run_id, net, None, None)

@@ -1,75 +1,38 @@
-"""``kdlab plugins``: what is installed, where it came from, what failed, and what each component takes.
-
-``kdlab plugins [--json]`` lists every plugin (entry-point name, distribution, version, the file it was loaded from,
-the hooks it implements, its components per kind with their one-line descriptions) and every plugin that failed.
-``kdlab plugins show NAME [--kind KIND] [--json]`` prints a component's params from its pydantic model. Neither
-imports MLflow or Optuna.
-"""
+"""``kdlab plugins`` (what is installed, where it came from, what failed) and ``kdlab plugins show NAME`` (a
+component's params, described from its params model's own schema)."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from kdlab.errors import KdlabError
+from kdlab.plugins import get_plugins
 from kdlab.registry import KINDS, Component
+from kdlab.schema import describe
+from kdlab.suggest import did_you_mean
 
 
-def _plugins():
-    from kdlab.plugins import get_plugins
-
-    return get_plugins()
+def main(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return show(args.name, kind=args.kind, as_json=args.json)
+    return listing(as_json=args.json)
 
 
 def describe_params(comp: Component) -> list[dict[str, Any]]:
     """One entry per field of the component's params model: name, type, required, default, constraints,
-    description."""
-    out = []
-    for name, f in comp.params.model_fields.items():
-        default = None if f.is_required() else f.get_default(call_default_factory=True)
-        if hasattr(default, "model_dump"):
-            default = default.model_dump(mode="json")
-        out.append({
-            "name": name,
-            "type": type_name(f.annotation),
-            "required": f.is_required(),
-            "default": default,
-            "constraints": ", ".join(_constraint(m) for m in f.metadata if _constraint(m)),
-            "description": f.description or "",
-        })
-    return out
-
-
-def type_name(annotation: Any) -> str:
-    """``int``, ``list[int]``, ``float | None``, ``Literal['relu', 'gelu']``: as a user would write it in YAML's
-    terms, without module paths."""
-    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
-        return annotation.__name__
-    text = str(annotation).replace("typing.", "").replace("NoneType", "None")
-    text = re.sub(r"Optional\[(.*)\]$", r"\1 | None", text)
-    text = re.sub(r"Literal\[([^\]]*)\]", lambda m: " | ".join(v.strip() for v in m.group(1).split(",")), text)
-    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # kdlab_losses.online.ModelSpec -> ModelSpec
-
-
-_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "multiple_of": "multiple of", "min_length": "min length",
-        "max_length": "max length"}
-
-
-def _constraint(meta: Any) -> str:
-    for attr, op in _OPS.items():
-        value = getattr(meta, attr, None)
-        if value is not None:
-            return f"{op} {value}"
-    return ""
+    description (nested sections as ``children``)."""
+    return [asdict(f) for f in describe(comp.params)]
 
 
 def inventory() -> dict[str, Any]:
     """What ``kdlab plugins --json`` prints."""
     from kdlab import __version__
 
-    plugins = _plugins()
+    plugins = get_plugins()
     registry = plugins.registry
     by_plugin: dict[str, dict[str, list[dict[str, str]]]] = {}
     for comp in registry.all():
@@ -93,7 +56,7 @@ def _console():
     return Console(highlight=False, soft_wrap=True)
 
 
-def plugins_list(as_json: bool = False) -> int:
+def listing(as_json: bool = False) -> int:
     inv = inventory()
     if as_json:
         json.dump(inv, sys.stdout, indent=2, default=str)
@@ -123,19 +86,15 @@ def plugins_list(as_json: bool = False) -> int:
     return 0
 
 
-def plugins_show(name: str | None, kind: str | None = None, as_json: bool = False) -> int:
+def show(name: str | None, kind: str | None = None, as_json: bool = False) -> int:
     if not name:
         raise KdlabError("kdlab plugins show: give a component name, e.g. `kdlab plugins show kd`")
-    registry = _plugins().registry
+    registry = get_plugins().registry
     matches = [c for c in registry.all(kind) if c.name == name]
     if not matches:
-        import difflib
-
         names = sorted({c.name for c in registry.all(kind)})
-        close = difflib.get_close_matches(name, names, n=1)
         what = f"no {kind} component" if kind else "no component"
-        raise KdlabError(f"{what} named {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                         + f" Known: {', '.join(names) or 'none'}")
+        raise KdlabError(f"{what} named {name!r}{did_you_mean(name, names)} Known: {', '.join(names) or 'none'}")
     docs = [{"kind": c.kind, "name": c.name, "description": c.description, "plugin": c.plugin,
              "distribution": c.distribution, "version": c.version, "params": describe_params(c)} for c in matches]
     if as_json:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from kdlab.config import parse_override
 from kdlab.errors import KdlabError
 
 
-def study_command(args: argparse.Namespace) -> int:
-    from kdlab.config import parse_override
+def main(args: argparse.Namespace) -> int:
     from kdlab.console import make_console
     from kdlab.study.report import render_summary
     from kdlab.study.runner import StudyOptions, run_study
@@ -38,7 +38,7 @@ def show(path: str, options) -> dict:
     from kdlab.study.runner import load, storage_url
     from kdlab.study.storage import make_storage
 
-    lstudy, _ = load(path, options)
+    lstudy = load(path, options)
     url = storage_url(lstudy, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -1,0 +1,138 @@
+"""The run config's pydantic models: one per section of a run file (``docs/config.md`` documents every key; the keys
+are public interface). A component section (``data``, ``teacher``, ``student``, ``loss``) is ``{name, params}``; its
+params are validated by the model its plugin registered (:mod:`kdlab.config.loading`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    scheduler: Literal["none", "cosine", "step", "onecycle"] = Field(
+        "none", description="learning-rate schedule: cosine/step per epoch, onecycle per step (peak at lr)")
+    step_size: int = Field(30, gt=0, description="epochs between decays, for scheduler: step")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, for scheduler: step")
+
+
+class ComponentConfig(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+class DataConfig(ComponentConfig):
+    seed: int = Field(0, description="seed of the data split (kept fixed across trials)")
+
+
+class TeacherTrainingConfig(Strict):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(128, gt=0)
+    seed: int = Field(0, description="the teacher's own seed, independent of the student's")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+
+class InitConfig(Strict):
+    """Start a model from a source model's weights (transfer-learning initialisation)."""
+
+    checkpoint: str | None = Field(None, description="a state_dict file of the source model (loaded with "
+                                                     "weights_only)")
+    mlflow_uri: str | None = Field(None, description="an MLflow model URI or a `.pt` state_dict artifact of the "
+                                                     "source model")
+    freeze: list[str] = Field(default_factory=list, description="dotted module paths whose params are frozen")
+    strict: bool = Field(False, description="require every key to match (else load the matching ones)")
+
+
+class TeacherConfig(ComponentConfig):
+    checkpoint: str | None = Field(None, description="load weights from this state_dict file (weights_only)")
+    mlflow_uri: str | None = Field(None, description="load from an MLflow model URI, e.g. runs:/<id>/teacher")
+    training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
+    init: InitConfig | None = Field(None, description="when kdlab trains the teacher: start it from a source model's "
+                                                      "weights, optionally freezing modules (transfer learning)")
+
+
+class StudentConfig(ComponentConfig):
+    init: InitConfig | None = None
+
+
+#: device names a config may give
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(128, gt=0)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    use_transfer: bool = Field(True, description="train on the transfer split through the teacher's outputs")
+    keep_best: bool = Field(True, description="restore the weights of the best validation epoch at the end")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the student")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    eval_batch_size: int = Field(4096, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE.match(v):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return v
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite file under KDLAB_HOME)")
+    experiment: str | None = Field(None, description="MLflow experiment (default: kdlab-<data name>)")
+    run_name: str | None = None
+    log_model: bool = Field(True, description="log the student with mlflow.pytorch.log_model")
+    flush_every_s: float = Field(15.0, ge=0, description="per-epoch metrics are sent in batches this often")
+
+
+class AssistantConfig(ComponentConfig):
+    """A teacher assistant (Mirzadeh et al. 2020): teacher -> assistant -> student, each stage its own run."""
+
+    epochs: int | None = Field(None, gt=0, description="epochs of the assistant's distillation (default: "
+                                                       "training.epochs)")
+
+
+class ContinualConfig(Strict):
+    """Learn the data's tasks one after another (``Data.tasks``); see :mod:`kdlab.modes.continual`."""
+
+    method: Literal["lwf", "finetune"] = Field("lwf", description="lwf: Learning without Forgetting (Li and Hoiem "
+                                               "2017); finetune: no distillation (the forgetting baseline)")
+    temperature: float = Field(2.0, gt=0, description="temperature of the old-output distillation (paper: 2)")
+    old_weight: float = Field(1.0, ge=0, description="lambda_o, weight of the old-task distillation term (paper: 1)")
+    first_task_epochs: int | None = Field(None, gt=0, description="epochs on the first task (default: "
+                                                                  "training.epochs)")
+
+
+class RunConfig(Strict):
+    data: DataConfig
+    teacher: TeacherConfig | None = None
+    student: StudentConfig
+    loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="kd"))
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    study: dict[str, Any] | None = Field(None, description="study settings, read by `kdlab study`")
+    assistant: AssistantConfig | None = Field(None, description="distil through a teacher assistant "
+                                                                "(kdlab.modes.assistant)")
+    continual: ContinualConfig | None = Field(None, description="learn the data's tasks in sequence "
+                                                                "(kdlab.modes.continual)")
+
+    def resolved_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)

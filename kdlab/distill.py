@@ -1,0 +1,187 @@
+"""One distillation run: the data, the teacher (trained once, or loaded) and its cached outputs, the student
+trained with the configured loss under one tracked lifecycle, evaluation, and the run's record in MLflow.
+
+Run modes that chain or schedule several runs (a teacher assistant, continual learning) are composed above this
+in :mod:`kdlab.modes`; a study calls :func:`kdlab.modes.run` once per trial with a shared :class:`Session`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdlab import __version__
+from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.errors import KdlabError
+from kdlab.functional import accuracy
+from kdlab.lifecycle import RunOptions, tracked_run
+from kdlab.models import apply_init, build_model, model_builder
+from kdlab.session import Session, data_fingerprint
+from kdlab.teachers import Teacher, get_teacher, teacher_builder, teacher_outputs
+from kdlab.training import FitResult, TrainSet, count_params, fit, predict, resolve_device, seed_everything
+from kdlab.types import UNLABELED, Data, Loss, LossSetup, RunInfo
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]
+    run_id: str | None
+    student: nn.Module
+    fit: FitResult | None
+    teacher: Teacher | None = None
+
+
+def build_loss(loaded: LoadedConfig) -> Loss:
+    comp = loaded.components["loss"]
+    loss = comp.build(loaded.params["loss"])
+    if not isinstance(loss, Loss):
+        raise KdlabError(f"loss {comp.name!r} from {comp.origin} returned {type(loss).__name__}, expected a kdlab.Loss")
+    return loss
+
+
+def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None) -> RunResult:
+    """Distil the configured teacher into the configured student with the configured loss; track it."""
+    options = options or RunOptions()
+    session = session or Session()
+    cfg = loaded.config
+    tcfg = cfg.training
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    device = resolve_device(options.device or tcfg.device)
+    track = cfg.tracking.enabled
+    data = session.get_data(loaded)
+    loss = build_loss(loaded)
+    if loss.uses_teacher and cfg.teacher is None:
+        raise KdlabError(f"{loaded.name}: loss {cfg.loss.name!r} distils from a teacher: add a `teacher:` section")
+    teacher = get_teacher(loaded, data, device, session, track=track) if cfg.teacher else None
+
+    outputs = None
+    if teacher is not None:
+        key = (teacher.fingerprint, str(device))
+        if key not in session.outputs:
+            session.outputs[key] = teacher_outputs(teacher, data, device)
+        outputs = session.outputs[key]
+
+    seed_everything(tcfg.seed)
+    student = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
+    extra_metrics = apply_init(cfg.student.init, student, "student")
+    train = _shared_train_set(session, loaded, teacher, data, loss, outputs, device, tcfg.use_transfer)
+    if loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None:
+        rows = torch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer)
+                                           else []))
+        _, feats = predict(teacher.model, rows.to(device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
+                           key="loss.params", owner="the teacher")
+        train.teacher_features = feats
+    loss.setup(LossSetup(
+        student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
+        num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
+        student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
+        build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
+    ))
+    loss.to(device)
+    fit_model = torch.compile(student) if tcfg.compile else student
+
+    name = options.run_name or cfg.tracking.run_name or f"{cfg.student.name}-{cfg.loss.name}-seed{tcfg.seed}"
+    info = RunInfo(role=options.role, config=cfg, device=str(device), trial_number=options.trial_number, name=name,
+                   epochs=tcfg.epochs)
+    with tracked_run(info, tracker=session.tracker(loaded) if track else None,
+                     tags=run_tags(loaded, options, teacher, session), params={**run_params(loaded), **options.params},
+                     parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
+                     flush_every_s=cfg.tracking.flush_every_s) as live:
+        result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
+                     batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
+                     teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
+                     precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch)
+        metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size)
+        metrics.update(extra_metrics)
+        metrics["train_time_s"] = result.train_time_s
+        metrics["best_epoch"] = float(result.best_epoch)
+        live.finish(metrics, step=result.epochs_run)  # recorded even if an artifact below fails
+        if live.tracked:
+            live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
+            live.tracked.log_state_dict(student, "student")
+            if cfg.tracking.log_model if options.log_model is None else options.log_model:
+                live.tracked.log_model(student, "student", data.train.x[:8].to(device))
+                student.to(device)
+    return RunResult(metrics, info.run_id, student, result, teacher)
+
+
+def evaluate(student: nn.Module, teacher: Teacher | None, data: Data, outputs: dict[str, torch.Tensor] | None,
+             device: torch.device, batch_size: int) -> dict[str, float]:
+    """The student's final metrics (``kdlab.metrics.FINAL``) on the validation and test splits."""
+    test_y, val_y = data.test.y.to(device), data.val.y.to(device)
+    test_logits, _ = predict(student, data.test.x.to(device), batch_size)
+    val_logits, _ = predict(student, data.val.x.to(device), batch_size)
+    m = {"test_accuracy": float(accuracy(test_logits, test_y)), "val_accuracy": float(accuracy(val_logits, val_y)),
+         "student_params": float(count_params(student))}
+    if teacher is not None and outputs is not None:
+        t_params = float(count_params(teacher.model))
+        m.update({
+            "teacher_test_accuracy": float(accuracy(outputs["test"], test_y)),
+            "teacher_val_accuracy": float(accuracy(outputs["val"], val_y)),
+            "teacher_params": t_params,
+            "compression_ratio": t_params / m["student_params"],
+            "agreement": float(accuracy(test_logits, outputs["test"].argmax(1))),
+        })
+    return m
+
+
+def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None, session: Session) -> dict[str, str]:
+    """A student run's MLflow tags: role, version, seed, loss, config file, plugins, teacher link, trial."""
+    cfg = loaded.config
+    tags = {"kdlab.role": options.role, "kdlab.version": __version__, "kdlab.seed": str(cfg.training.seed),
+            "kdlab.loss": cfg.loss.name, "kdlab.config_file": loaded.name}
+    for kind, comp in loaded.components.items():
+        tags[f"kdlab.plugin.{kind}"] = f"{comp.plugin} {comp.distribution or ''} {comp.version or ''}".strip()
+    if teacher is not None:
+        tags["kdlab.teacher_fingerprint"] = teacher.fingerprint
+        tags["kdlab.teacher_source"] = teacher.source
+        if teacher.run_id:
+            tags["kdlab.teacher_run_id"] = teacher.run_id
+            tracker = session.tracker(loaded)
+            if tracker is not None:
+                tags["mlflow.note.content"] = f"Teacher run: [{teacher.run_id}]({tracker.run_url(teacher.run_id)})"
+    if options.trial_number is not None:
+        tags["kdlab.trial_number"] = str(options.trial_number)
+    tags.update(options.tags)
+    return tags
+
+
+def run_params(loaded: LoadedConfig) -> dict[str, Any]:
+    """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking)."""
+    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in ("study", "tracking")})
+
+
+def _transfer_used(data: Data, loss: Loss, outputs: Any, use_transfer: bool) -> bool:
+    return bool(use_transfer and data.transfer is not None and loss.uses_teacher
+                and (outputs is not None or loss.live_teacher))
+
+
+def _train_set(data: Data, loss: Loss, outputs: dict[str, torch.Tensor] | None, device: torch.device,
+               use_transfer: bool) -> TrainSet:
+    xs, ys, ts = [data.train.x], [data.train.y], [outputs["train"]] if outputs is not None else None
+    if _transfer_used(data, loss, outputs, use_transfer):
+        xs.append(data.transfer.x)
+        ys.append(torch.full((len(data.transfer),), UNLABELED, dtype=torch.int64))
+        if ts is not None:
+            ts.append(outputs["transfer"])
+
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:  # no copy when there is one part on the device already
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+
+    t = joined(ts) if (ts is not None and loss.uses_teacher) else None
+    return TrainSet(joined(xs), joined(ys), t)
+
+
+def _shared_train_set(session: Session, loaded: LoadedConfig, teacher: Teacher | None, data: Data, loss: Loss,
+                      outputs: dict[str, torch.Tensor] | None, device: torch.device, use_transfer: bool) -> TrainSet:
+    """The run's training rows: built once per session (no copy of the data per trial), in a new
+    :class:`TrainSet` each time (a run may attach teacher features to it)."""
+    key = (data_fingerprint(loaded), teacher.fingerprint if teacher is not None and outputs is not None else None,
+           str(device), _transfer_used(data, loss, outputs, use_transfer), loss.uses_teacher)
+    if key not in session.train_sets:
+        session.train_sets[key] = _train_set(data, loss, outputs, device, use_transfer)
+    shared = session.train_sets[key]
+    return TrainSet(shared.x, shared.y, shared.teacher_logits)

@@ -1,0 +1,63 @@
+"""What the runs of one process share: the data, teachers and their outputs (by fingerprint), trackers per MLflow
+experiment, the training rows built for a device, and the session's lifecycle observers (a progress display).
+
+A study's main process prepares a session (data, teacher, teacher outputs) and its forked workers inherit it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kdlab.config import LoadedConfig
+from kdlab.errors import KdlabError
+from kdlab.files import digest
+from kdlab.tracking import Tracker
+from kdlab.types import Data
+
+#: bumped when the meaning of cached data, teachers or teacher outputs changes
+CACHE_VERSION = 1
+
+
+def data_fingerprint(loaded: LoadedConfig) -> str:
+    """The data's identity: its component, params, seed and the plugin's distribution and version."""
+    comp = loaded.components["data"]
+    cfg = loaded.config.data
+    return digest({"v": CACHE_VERSION, "name": cfg.name, "params": cfg.params, "seed": cfg.seed,
+                   "plugin": comp.distribution, "version": comp.version})
+
+
+class Session:
+    """Caches shared by the runs of one process."""
+
+    def __init__(self, observers: list[Any] | tuple[Any, ...] = ()) -> None:
+        self.data: dict[str, Data] = {}
+        self.teachers: dict[str, Any] = {}  # fingerprint -> kdlab.teachers.Teacher
+        self.outputs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        self.trackers: dict[tuple[str | None, str], Tracker] = {}
+        #: training rows (train + transfer, with the teacher's logits) on a device, built once and shared by runs
+        self.train_sets: dict[tuple, Any] = {}
+        #: lifecycle observers of every run of this session (e.g. the command line's progress display)
+        self.observers = list(observers)
+
+    def get_data(self, loaded: LoadedConfig) -> Data:
+        fp = data_fingerprint(loaded)
+        if fp not in self.data:
+            comp = loaded.components["data"]
+            data = comp.build(loaded.params["data"], seed=loaded.config.data.seed)
+            if not isinstance(data, Data):
+                raise KdlabError(f"data {comp.name!r} from {comp.origin} returned {type(data).__name__}, "
+                                 "expected kdlab.Data")
+            self.data[fp] = data
+        return self.data[fp]
+
+    def tracker(self, loaded: LoadedConfig) -> Tracker | None:
+        """The tracker of the config's MLflow store and experiment, or ``None`` when tracking is off."""
+        cfg = loaded.config.tracking
+        if not cfg.enabled:
+            return None
+        name = cfg.experiment or f"kdlab-{loaded.config.data.name}"
+        key = (cfg.uri, name)
+        if key not in self.trackers:
+            self.trackers[key] = Tracker(cfg.uri, name)
+        return self.trackers[key]

@@ -1,0 +1,35 @@
+"""A trial's lifecycle observer: reports each epoch's objective to Optuna and stops the run when Optuna prunes it
+(the run ends ``KILLED`` with the reason), and remembers the run's MLflow id for the trial's record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kdlab
+from kdlab.errors import Pruned
+from kdlab.types import RunInfo
+
+
+class TrialObserver:
+    """Watches the student run of one Optuna ``trial``; ``metric`` (``val_accuracy`` or ``val_loss``) is reported
+    after every epoch when ``prune`` is set (single-objective studies only)."""
+
+    def __init__(self, trial: Any, metric: str | None):
+        self.trial = trial
+        self.metric = metric
+        self.run: RunInfo | None = None
+        self.run_id: str | None = None
+
+    @kdlab.hookimpl
+    def kdlab_run_start(self, run: RunInfo) -> None:
+        if run.trial_number == self.trial.number:
+            self.run, self.run_id = run, run.run_id
+
+    @kdlab.hookimpl(trylast=True)
+    def kdlab_epoch_end(self, run: RunInfo, epoch: int, metrics: dict[str, float]) -> None:
+        if run is not self.run or self.metric is None or self.metric not in metrics:
+            return
+        value = metrics[self.metric]
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise Pruned(f"pruned after epoch {epoch} ({self.metric}={value:.4f})")

@@ -1,0 +1,90 @@
+"""The configured teacher, from the first place that has it: this session, a checkpoint file, an MLflow URI, the
+local cache, or trained now. Also the ``build_teacher`` callback that gives multi-teacher losses more teachers,
+each handled the same way."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdlab.config import LoadedConfig, derive_config
+from kdlab.errors import KdlabError
+from kdlab.models import build_model, load_from_mlflow
+from kdlab.session import Session
+from kdlab.teachers.cache import cached_teacher
+from kdlab.teachers.fingerprint import teacher_fingerprint
+from kdlab.teachers.train import record_cached_teacher, train_teacher
+from kdlab.types import Data
+from kdlab.weights import existing_file, load_state_dict_file, load_weights
+
+log = logging.getLogger("kdlab")
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    fingerprint: str
+    source: str  # "trained", "cache", "checkpoint", "mlflow"
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, *,
+                track: bool = True) -> Teacher:
+    """The configured teacher, frozen, in eval mode, on ``device``; kept in ``session`` for the next run."""
+    cfg = loaded.config.teacher
+    if cfg is None:
+        raise KdlabError("this run needs a teacher: add a `teacher:` section")
+    fp = teacher_fingerprint(loaded)
+    if fp in session.teachers:
+        return session.teachers[fp]
+    comp, params = loaded.components["teacher"], loaded.params["teacher"]
+    track = track and loaded.config.tracking.enabled
+    if cfg.checkpoint:
+        model = build_model(comp, params, data)
+        path = existing_file(cfg.checkpoint, "teacher.checkpoint")
+        load_weights(model, load_state_dict_file(path, "teacher.checkpoint"), key="teacher.checkpoint",
+                     value=cfg.checkpoint)
+        teacher = Teacher(model, fp, "checkpoint")
+    elif cfg.mlflow_uri:
+        try:
+            model = build_model(comp, params, data)
+        except KdlabError:
+            model = None
+        teacher = Teacher(load_from_mlflow(cfg.mlflow_uri, model, "teacher.mlflow_uri"), fp, "mlflow")
+        if cfg.mlflow_uri.startswith("runs:/"):
+            teacher.run_id = cfg.mlflow_uri.split("/")[1]
+    elif (hit := cached_teacher(fp)) is not None:
+        state, meta = hit
+        model = build_model(comp, params, data)
+        load_weights(model, state, key="teacher cache", value=fp)
+        teacher = Teacher(model, fp, "cache", meta.get("run_id"), meta.get("metrics", {}))
+        if track:
+            teacher.run_id = record_cached_teacher(loaded, session, fp, meta)
+        log.info("teacher %s reused from cache (%s)", cfg.name, fp[:8])
+    else:
+        model, run_id, metrics = train_teacher(loaded, data, device, session, fp, track=track)
+        teacher = Teacher(model, fp, "trained", run_id, metrics)
+    teacher.model.to(device).eval()
+    for p in teacher.model.parameters():
+        p.requires_grad_(False)
+    session.teachers[fp] = teacher
+    return teacher
+
+
+def teacher_builder(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, *,
+                    track: bool) -> Callable[[dict[str, Any]], nn.Module]:
+    """The ``build_teacher(spec)`` callback of :class:`kdlab.LossSetup`: ``spec`` is a ``teacher:`` section."""
+    count = [0]
+
+    def build(spec: dict[str, Any]) -> nn.Module:
+        label = f"{loaded.name} (loss.params.teachers.{count[0]}, as a teacher section)"
+        count[0] += 1
+        derived = derive_config(loaded, {"teacher": dict(spec)}, label)
+        return get_teacher(derived, data, device, session, track=track).model
+
+    return build
