@@ -186,7 +186,8 @@ def report(rows: dict, teacher_acc: float | None, args: argparse.Namespace, tota
                   f"{_mean_std([r['assistant_test_accuracy'] for r in extras['kd+assistant']])}), then kd from the "
                   "assistant into the student (Mirzadeh et al. 2020, `assistant:` section); time per epoch is the "
                   "student stage's."
-                  + (f" Against plain `kd`: {(statistics.mean(rows['kd+assistant'][0]) - statistics.mean(rows['kd'][0])) * 100:+.1f} pts"
+                  + (f" Against plain `kd`: "
+                     f"{(statistics.mean(rows['kd+assistant'][0]) - statistics.mean(rows['kd'][0])) * 100:+.1f} pts"
                      " - an assistant helps when the teacher-student gap is too wide; here a 16-channel assistant is "
                      "already as accurate as the teacher, so it bridges nothing." if "kd" in rows else ""), ""]
     if continual:
@@ -208,7 +209,8 @@ def report(rows: dict, teacher_acc: float | None, args: argparse.Namespace, tota
             "## Reading the table",
             "",
             f"- Not better than `ce`: {', '.join(f'`{m}`' for m in worse) or 'none'}. Within two standard deviations "
-            f"of `ce` ({2 * std:.4f}), so no clear gain over three seeds: {', '.join(f'`{m}`' for m in close) or 'none'}. "
+            f"of `ce` ({2 * std:.4f}), so no clear gain over three seeds: "
+            f"{', '.join(f'`{m}`' for m in close) or 'none'}. "
             "They stay in the table.",
             "- `ce`, `ls`, `dml` and `aux` use no teacher outputs, so they never see the transfer split; the logit "
             "methods (`kd`, `hard`, `dkd`, `multi`) learn from its 10,000 rows through soft or hard targets, which is "

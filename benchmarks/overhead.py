@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from kdlab.modes import RunOptions, Session, run
 
-    cfg = C.base_config(epochs=args.epochs, teacher_epochs=1 if args.quick else None, **{"training.device": args.device})
+    cfg = C.base_config(epochs=args.epochs, teacher_epochs=1 if args.quick else None,
+                        **{"training.device": args.device})
     if args.no_track:
         cfg["tracking"]["enabled"] = False
     loaded = C.loaded_config(cfg)
@@ -113,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             if side == "kdlab":
                 options = RunOptions(role="trial", parent_run_id=parent, run_name=f"trial-{r}",
                                      trial_number=r, log_model=False, params={"trial_number": r})
-                dt, res = C.timed(lambda: run(loaded, options, session))
+                dt, res = C.timed(lambda options=options: run(loaded, options, session))
                 acc = res.metrics["test_accuracy"]
             else:
-                dt, acc = C.timed(lambda: hand_written_trial(x, y, t, val_x, val_y, test_x, test_y, **hp,
-                                                             fused=side == "hand-fused"))
+                dt, acc = C.timed(lambda side=side: hand_written_trial(x, y, t, val_x, val_y, test_x, test_y, **hp,
+                                                                       fused=side == "hand-fused"))
             times[side].append(dt)
             accs[side].append(acc)
             print(f"repeat {r} {side:10s} {dt:.3f} s (test accuracy {acc:.4f})", flush=True)

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = pstats.Stats(prof)
     rows, covered = [], 0.0
     for label, keys in PHASES:
-        cum = sum(v[3] for (file, _, func), v in stats.stats.items() if any(file.endswith(f) and func == fn for f, fn in keys))
+        cum = sum(v[3] for (file, _, func), v in stats.stats.items()
+                  if any(file.endswith(f) and func == fn for f, fn in keys))
         covered += cum
         rows.append([label, cum, f"{cum / total:.0%}"])
     rows.append(["the rest (fit loop's own code, slicing, run set-up, artifacts)", total - covered,

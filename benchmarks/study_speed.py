@@ -123,8 +123,7 @@ def prepare(workdir: Path, trials: int, epochs: int, teacher_epochs: int | None)
     import torch
 
     from kdlab.session import Session
-    from kdlab.teachers import get_teacher
-    from kdlab.teachers import teacher_cache_dir
+    from kdlab.teachers import get_teacher, teacher_cache_dir
 
     cfg = C.base_config(epochs=epochs, teacher_epochs=teacher_epochs)
     cfg["tracking"] = {"log_model": False}  # default store (SQLite under KDLAB_HOME), experiment named after the study
@@ -203,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
 
     labels = {"hand": "hand-written study (teacher forward per step, DataLoader, log_metric per epoch)",
-              "kdlab": "`kdlab study` (workers: auto)", "kdlab-1": "`kdlab study --workers 1` (one worker, given both cores as 2 threads)"}
+              "kdlab": "`kdlab study` (workers: auto)",
+              "kdlab-1": "`kdlab study --workers 1` (one worker, given both cores as 2 threads)"}
     base = C.median(times["hand"]) if "hand" in times else None
     rows = []
     for side in args.sides:

@@ -10,7 +10,8 @@ configuration does the same work, no pruning) runs as ``kdlab study FILE -q --wo
 
 Throughput = trials / (last trial's end - first trial's start), read back from the study's Optuna storage, so the
 start-up and the one-off preparation (data, teacher outputs) are left out; the wall time of the whole command is shown
-too, and when the first trial started (start-up: imports, preparation, starting the workers). Peak resident memory (``VmHWM``) of the main process and of each worker process is polled from ``/proc``::
+too, and when the first trial started (start-up: imports, preparation, starting the workers). Peak resident memory
+(``VmHWM``) of the main process and of each worker process is polled from ``/proc``::
 
     .venv/bin/python benchmarks/workers.py [--trials 12] [--epochs 30] [--repeats 2] [--write]
 """
@@ -75,7 +76,6 @@ def hand_trials(n: int, epochs: int) -> None:
     """In a fresh process: ``n`` hand-written trials (``overhead.py``'s loop with fused Adam, one thread) on random
     tensors of the benchmark's shapes; prints the wall-clock start and end of the loop."""
     import torch
-
     from overhead import hand_written_trial
 
     torch.set_num_threads(1)
@@ -126,7 +126,8 @@ def run_study(study_file: Path, extra: list[str]) -> tuple[float, float, int, di
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    study = optuna.load_study(study_name="bench", storage=JournalStorage(JournalFileBackend(str(home / "optuna.journal"))))
+    storage = JournalStorage(JournalFileBackend(str(home / "optuna.journal")))
+    study = optuna.load_study(study_name="bench", storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     first = min(t.datetime_start for t in study.trials).timestamp() - started
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- 2 workers / 1 worker (1 thread each) = **{ratio:.2f}x** (ratio of the medians; median of the "
                      f"per-repeat ratios {C.median(paired):.2f}x: {', '.join(f'{v:.2f}' for v in paired)}) — "
                      f"{C.verdict(ratio, 1.7, at_most=False)}.")
-    lines.append(f"- What the machine gives: two concurrent hand-written trainings (one thread each, no kdlab) vs one = "
-                 f"**{ceiling:.2f}x** (median of the per-repeat ratios: "
+    lines.append("- What the machine gives: two concurrent hand-written trainings (one thread each, no kdlab) vs one "
+                 f"= **{ceiling:.2f}x** (median of the per-repeat ratios: "
                  f"{', '.join(f'{b / a:.2f}' for a, b in zip(hand[1], hand[2]))}; 1 process "
                  f"{C.median(hand[1]) * 60:.1f}, 2 processes {C.median(hand[2]) * 60:.1f} trials/min). kdlab's scaling "
                  "can reach this, not 2x, on a shared machine.")
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "- All rates (trials/min): " + "; ".join(f"{k} " + ", ".join(f"{v * 60:.1f}" for v in rate[k])
                                                  for k in args.configs) + ".",
-        "- With one worker the trials run in the main process; peak RSS per worker is the workers' `VmHWM`, and PSS the "
+        "- With one worker the trials run in the main process; peak RSS per worker is the workers' `VmHWM`, and PSS "
+        "the "
         "peak of their proportional set size (shared pages split between the processes sharing them); small "
         "children (the multiprocessing resource tracker) are left out.",
     ]

@@ -41,5 +41,9 @@ def metrics_table(title: str, rows: list[tuple[str, Any]]):
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     for k, v in rows:
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else str(int(v) if isinstance(v, float) else v))
+        if isinstance(v, float):
+            text = str(int(v)) if v.is_integer() else f"{v:.4f}"
+        else:
+            text = str(v)
+        table.add_row(k, text)
     return table

@@ -35,7 +35,7 @@ def layer_outputs(model: torch.nn.Module, x: Tensor, layers: tuple[str, ...] | l
     """Outputs of the modules at dotted paths ``layers`` for one forward pass of ``model`` over ``x`` (no grad,
     model mode unchanged), e.g. to size an adapter in :meth:`kdlab.Loss.setup`. A path that does not exist raises
     :class:`kdlab.KdlabError` naming ``key`` and listing the model's module names."""
-    from kdlab.training import FeatureCapture
+    from kdlab.capture import FeatureCapture
 
     capture = FeatureCapture(model, tuple(layers), key=key, owner=owner)
     try:

@@ -183,7 +183,8 @@ def kdlab_run_end(run: RunInfo, metrics: dict[str, float], status: str) -> None:
 
 
 @hookspec
-def kdlab_trial_end(study: str, trial_number: int, state: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+def kdlab_trial_end(study: str, trial_number: int, state: str, params: dict[str, Any],
+                    metrics: dict[str, float]) -> None:
     """A study trial has ended.
 
     **Called** once per Optuna trial of ``kdlab study`` (also a pruned or failed one), in the process that ran it,

@@ -9,10 +9,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdlab.capture import find_module
 from kdlab.config import InitConfig
 from kdlab.errors import KdlabError
 from kdlab.registry import Component, Registry
-from kdlab.training import find_module
 from kdlab.types import Data
 from kdlab.weights import existing_file, load_state_dict_file, load_weights
 
@@ -26,7 +26,8 @@ def build_model(comp: Component, params: Any, data: Data) -> nn.Module:
     return model
 
 
-def model_builder(registry: Registry, data: Data, device: torch.device) -> Callable[[str, str, dict[str, Any]], nn.Module]:
+def model_builder(registry: Registry, data: Data,
+                  device: torch.device) -> Callable[[str, str, dict[str, Any]], nn.Module]:
     """The ``build_model(kind, name, params)`` callback of :class:`kdlab.LossSetup` (online peers)."""
 
     def build(kind: str, name: str, params: dict[str, Any]) -> nn.Module:
@@ -59,7 +60,8 @@ def load_from_mlflow(uri: str, model: nn.Module | None, key: str) -> nn.Module:
     except KdlabError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever MLflow raised, the user's URI is the culprit
-        raise KdlabError(f"{key} = {uri!r}: could not load from MLflow ({type(exc).__name__}: {str(exc)[:300]})") from None
+        raise KdlabError(f"{key} = {uri!r}: could not load from MLflow "
+                         f"({type(exc).__name__}: {str(exc)[:300]})") from None
 
 
 def apply_init(init: InitConfig | None, model: nn.Module, section: str) -> dict[str, float]:

@@ -143,7 +143,8 @@ class Registry:
                 "digits, '_', '-' or '.', starting with a letter"
             )
         if not callable(component.factory):
-            raise PluginError(f"{who} registered {component.kind} {component.name!r} with a factory that is not callable")
+            raise PluginError(f"{who} registered {component.kind} {component.name!r} with a factory that is not "
+                              "callable")
         if not (isinstance(component.params, type) and issubclass(component.params, BaseModel)):
             raise PluginError(
                 f"{who} registered {component.kind} {component.name!r} with params={component.params!r}: "

@@ -249,7 +249,7 @@ def check_loss(component: Component, example: dict[str, Any] | None = None, *,
     """
     import torch
 
-    from kdlab.training import FeatureCapture
+    from kdlab.capture import FeatureCapture
     from kdlab.types import UNLABELED, Loss, LossInputs, LossOutput, LossSetup
 
     params = _params(component, example)

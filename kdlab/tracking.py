@@ -262,5 +262,10 @@ class TrackedRun:
 
 
 def _param_str(v: Any) -> str:
-    s = v if isinstance(v, str) else ("null" if v is None else str(v).replace("'", '"') if isinstance(v, (list, dict)) else str(v))
+    if isinstance(v, str):
+        s = v
+    elif v is None:
+        s = "null"
+    else:
+        s = str(v).replace("'", '"') if isinstance(v, (list, dict)) else str(v)
     return s[:6000]

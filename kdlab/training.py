@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.capture import FeatureCapture
 from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
-from kdlab.suggest import did_you_mean
 from kdlab.types import Loss, LossInputs, Split
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -58,42 +58,6 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise KdlabError("training.device = 'mps': MPS is not available on this machine")
     return torch.device(spec)
-
-
-def find_module(model: nn.Module, path: str, *, key: str, owner: str) -> nn.Module:
-    """The submodule at dotted ``path``, or an error naming the config key and listing the module names."""
-    modules = dict(model.named_modules())
-    if path in modules and path != "":
-        return modules[path]
-    names = [n for n in modules if n]
-    hint = did_you_mean(path, names)
-    raise KdlabError(f"{key}: {owner} has no module {path!r}{hint} Its modules: {', '.join(names)}")
-
-
-class FeatureCapture:
-    """Forward hooks that record the outputs of named modules into ``self.features`` (models' forward untouched)."""
-
-    def __init__(self, model: nn.Module, layers: tuple[str, ...] | list[str], *, key: str, owner: str):
-        self.features: dict[str, Tensor] = {}
-        self._handles = []
-        for name in layers:
-            module = find_module(model, name, key=key, owner=owner)
-            self._handles.append(module.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
-        def hook(_module, _inp, out):
-            self.features[name] = out[0] if isinstance(out, tuple) else out
-
-        return hook
-
-    def take(self) -> dict[str, Tensor]:
-        out, self.features = self.features, {}
-        return out
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -183,7 +147,8 @@ def fit(
     t_capture = FeatureCapture(teacher, loss_fn.teacher_layers, key="loss.params", owner="the teacher") \
         if live and loss_fn.teacher_layers else None
     autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16"
+        else contextlib.nullcontext()
     )
     best_acc, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []

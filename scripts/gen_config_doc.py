@@ -116,7 +116,6 @@ def first_party_components() -> list[Any]:
     """Data sources and architectures of the first-party plugins (not whatever else is installed)."""
     import kdlab_data.plugin
     import kdlab_models.plugin
-
     from kdlab.registry import Registry
 
     reg = Registry()
@@ -227,7 +226,8 @@ def render() -> str:
     epoch = epoch_metric_names()
     missing = [m for m in epoch if m not in EPOCH_NOTES]
     if missing:
-        raise SystemExit(f"gen_config_doc: describe the per-epoch metric(s) {', '.join(missing)} in kdlab.metrics.EPOCH")
+        raise SystemExit(f"gen_config_doc: describe the per-epoch metric(s) {', '.join(missing)} in "
+                         "kdlab.metrics.EPOCH")
     lines += [
         "### Per-epoch metrics",
         "",

@@ -50,8 +50,8 @@ def test_quick_run(name: str, bench_env, capsys: pytest.CaptureFixture):
 def test_study_speed_parts(bench_env, tmp_path: Path):
     bench = _load("study_speed")
     study_file = bench.prepare(tmp_path, trials=1, epochs=1, teacher_epochs=1)
-    from kdlab_test_helpers import load_config
     from kdlab.study.config import load_study_config
+    from kdlab_test_helpers import load_config
 
     lstudy = load_study_config(load_config(study_file))
     assert lstudy.study.n_trials == 1 and set(lstudy.study.search) == set(bench.SEARCH)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_digits_config
 
+from conftest import tiny_digits_config
 from kdlab.cli import main
 from kdlab.config import RunConfig, flatten, parse_override
-from kdlab_test_helpers import load_config
 from kdlab.errors import ConfigError
+from kdlab_test_helpers import load_config
 
 GOOD_YAML = """\
 data:
@@ -108,7 +108,8 @@ def test_a_section_with_a_bad_name_type_is_reported_once(write_config):
     assert [p.key for p in err.problems] == ["loss.name"]
 
 
-@pytest.mark.parametrize("section,bad,close", [("loss", "kdd", "kd"), ("student", "mpl", "mlp"), ("data", "digit", "digits")])
+@pytest.mark.parametrize("section,bad,close",
+                         [("loss", "kdd", "kd"), ("student", "mpl", "mlp"), ("data", "digit", "digits")])
 def test_unknown_component_lists_available_and_closest(write_config, section, bad, close):
     data = yaml.safe_load(GOOD_YAML)
     data[section]["name"] = bad
@@ -180,7 +181,8 @@ def test_missing_file(tmp_path):
 
 
 def test_both_teacher_sources_is_an_error(write_config, tmp_path):
-    text = GOOD_YAML.replace("  params: {hidden: [64]}", "  params: {hidden: [64]}\n  checkpoint: t.pt\n  mlflow_uri: runs:/x/teacher")
+    text = GOOD_YAML.replace("  params: {hidden: [64]}",
+                             "  params: {hidden: [64]}\n  checkpoint: t.pt\n  mlflow_uri: runs:/x/teacher")
     err = _error(write_config, text)
     assert err.problems[0].key == "teacher.checkpoint" and "not both" in err.problems[0].message
 

@@ -17,7 +17,13 @@ import kdlab_data.plugin
 import kdlab_losses.plugin
 import kdlab_models.plugin
 from kdlab.testing import (
-    ConformanceError, check_component, check_data, check_loss, check_model, check_params, components_of,
+    ConformanceError,
+    check_component,
+    check_data,
+    check_loss,
+    check_model,
+    check_params,
+    components_of,
 )
 
 FIRST_PARTY = [c for plugin in (kdlab_data.plugin, kdlab_models.plugin, kdlab_losses.plugin)

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import tiny_digits_config
 from kdlab.config import ConfigError, Source, dump_yaml
-from kdlab_test_helpers import load_config
-from kdlab.modes import Session, run
 from kdlab.errors import KdlabError
+from kdlab.modes import Session, run
+from kdlab_test_helpers import load_config
 
 
 def _continual(method: str, **overrides):

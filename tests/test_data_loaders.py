@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_digits_config
 
 import kdlab
-from kdlab_test_helpers import load_config
-from kdlab.modes import run
+from conftest import tiny_digits_config
 from kdlab.errors import PluginError
+from kdlab.modes import run
 from kdlab.plugins import get_registry
 from kdlab_data.cifar import MEAN, STD
-
+from kdlab_test_helpers import load_config
 
 
 def _make(name: str, seed: int = 0, **params) -> kdlab.Data:
@@ -82,7 +81,8 @@ def test_cifar10_pixel_layout_and_normalisation(cifar_root):
 def test_cifar10_parent_folder_limit_and_seed(cifar_root):
     d = _make("cifar10", root=str(cifar_root.parent), val_size=10, limit=40)  # the folder holding the batches
     assert (len(d.train), len(d.val), len(d.test)) == (30, 10, 30)
-    a, b = _make("cifar10", seed=1, root=str(cifar_root), val_size=20), _make("cifar10", seed=1, root=str(cifar_root), val_size=20)
+    a = _make("cifar10", seed=1, root=str(cifar_root), val_size=20)
+    b = _make("cifar10", seed=1, root=str(cifar_root), val_size=20)
     c = _make("cifar10", seed=2, root=str(cifar_root), val_size=20)
     assert torch.equal(a.val.x, b.val.x) and not torch.equal(a.val.x, c.val.x)
 
@@ -146,7 +146,8 @@ def test_cifar10_wrong_pickle_keys(cifar_root):
 def test_cifar10_wrong_shape(cifar_root):
     with open(cifar_root / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, f)
-    with pytest.raises(PluginError, match=r"test_batch: expected b'data' as uint8 of shape \(N, 3072\), got uint8 \(2, 1024\)"):
+    with pytest.raises(PluginError,
+                       match=r"test_batch: expected b'data' as uint8 of shape \(N, 3072\), got uint8 \(2, 1024\)"):
         _make("cifar10", root=str(cifar_root))
 
 

@@ -10,14 +10,14 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import tiny_digits_config
 
 import kdlab
+from conftest import tiny_digits_config
 from kdlab.cli import main
-from kdlab_test_helpers import load_config
-from kdlab.modes import RunOptions, Session, run
 from kdlab.errors import KdlabError
+from kdlab.modes import RunOptions, Session, run
 from kdlab.paths import default_tracking_uri
+from kdlab_test_helpers import load_config
 
 FINAL = ("test_accuracy", "teacher_test_accuracy", "student_params", "teacher_params", "compression_ratio", "agreement")
 
@@ -198,7 +198,8 @@ def test_teacher_from_a_checkpoint(write_config, tmp_path):
     assert student.data.tags["kdlab.teacher_source"] == "checkpoint"
     assert student.data.metrics["teacher_params"] == sum(v.numel() for v in state.values())
     # the loaded weights are the ones used: the teacher's accuracy is that of the untrained model
-    result = run(_load(write_config, tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})))
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})
+    result = run(_load(write_config, cfg))
     for k, v in state.items():
         assert torch.equal(result.teacher.model.state_dict()[k].cpu(), v)
 
@@ -206,7 +207,8 @@ def test_teacher_from_a_checkpoint(write_config, tmp_path):
 def test_checkpoint_wrapped_in_a_state_dict_key(write_config, tmp_path):
     path = tmp_path / "wrapped.pt"
     torch.save({"state_dict": _teacher_state([64])}, path)
-    result = run(_load(write_config, tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})))
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})
+    result = run(_load(write_config, cfg))
     assert result.teacher.source == "checkpoint"
 
 

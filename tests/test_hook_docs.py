@@ -12,12 +12,11 @@ import pytest
 
 import kdlab
 from kdlab import hookspecs
-from kdlab_test_helpers import load_config
+from kdlab.errors import Pruned
 from kdlab.modes import RunOptions, Session, run
 from kdlab.plugins import CONTRIBUTION_HOOKS, ENV_DISABLE, ENV_PLUGINS, ENV_TRACE, Plugins
-from kdlab.errors import Pruned
 from kdlab.registry import KINDS
-from kdlab_test_helpers import tiny_digits_config
+from kdlab_test_helpers import load_config, tiny_digits_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "plugins.md").read_text()

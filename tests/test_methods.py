@@ -13,8 +13,8 @@ from torch import nn
 import kdlab
 from conftest import tiny_digits_config
 from kdlab.config import ConfigError, Source, dump_yaml
-from kdlab_test_helpers import load_config
 from kdlab.plugins import get_registry
+from kdlab_test_helpers import load_config
 
 S = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
 T = [[2.0, 1.0, 0.0], [1.0, 0.0, 2.0]]
@@ -268,7 +268,7 @@ PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_gradients_reach_student_and_loss_modules_not_the_teacher(name):
-    from kdlab.training import FeatureCapture
+    from kdlab.capture import FeatureCapture
 
     student, teacher = _mlp([6, 5], 0), _mlp([7], 1)
     teacher.eval()

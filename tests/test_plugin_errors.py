@@ -12,11 +12,10 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 import kdlab
-from kdlab_test_helpers import load_config
 from kdlab.errors import ConfigError, PluginError
 from kdlab.plugins import Plugins
 from kdlab.testing import write_distribution
-from kdlab_test_helpers import tiny_digits_config
+from kdlab_test_helpers import load_config, tiny_digits_config
 
 
 def _plugin(**hooks):
@@ -144,7 +143,8 @@ def test_params_model_rejecting_the_config_names_file_key_value_and_expectation(
 BROKEN = {"kdlab_broken_plugin/__init__.py": "raise ImportError('kdlab-broken needs libfoo, which is missing')\n"}
 
 
-def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, monkeypatch, capsys, all_installed_plugins):
+def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, monkeypatch, capsys,
+                                                                       all_installed_plugins):
     write_distribution(tmp_path, "kdlab-broken", "0.0.1", {"broken": "kdlab_broken_plugin"}, BROKEN)
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins = Plugins()

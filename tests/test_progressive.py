@@ -6,8 +6,8 @@ import pytest
 
 from conftest import tiny_digits_config
 from kdlab.config import ConfigError, Source, dump_yaml
-from kdlab_test_helpers import load_config
 from kdlab.modes import run
+from kdlab_test_helpers import load_config
 
 
 def test_teacher_assistant_student_chain_is_tracked_stage_by_stage(kdlab_home):

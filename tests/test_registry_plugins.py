@@ -78,7 +78,6 @@ def test_test_plugin_is_unregistered_by_the_fixture():
 
 def test_a_registered_component_is_usable_from_a_config(plugins, write_config):
     from conftest import tiny_digits_config
-
     from kdlab_test_helpers import load_config
 
     plugins.register(_plugin(kdlab_register_losses=lambda register: register("echo", Echo, EchoParams)), "test-echo")
@@ -131,9 +130,8 @@ def test_duplicate_component_names_name_both_plugins(plugins, capsys):
 
 def test_a_config_naming_a_duplicate_gets_a_config_error(plugins, write_config, capsys):
     from conftest import tiny_digits_config
-
-    from kdlab_test_helpers import load_config
     from kdlab.errors import ConfigError
+    from kdlab_test_helpers import load_config
 
     plugins.register(_plugin(kdlab_register_losses=lambda register: register("kd", Echo, EchoParams)), "test-dup")
     path = write_config(tiny_digits_config(), "clash.yaml")
@@ -155,7 +153,8 @@ def test_duplicate_within_one_plugin():
     register = reg.registrar("data", "test-twice", "kdlab-twice", "1.2")
     register("same", lambda params, seed: None)
     register("same", lambda params, seed: None)
-    with pytest.raises(PluginError, match=r"data 'same' is registered twice: by plugin 'test-twice' \(kdlab-twice 1.2\)"):
+    with pytest.raises(PluginError,
+                       match=r"data 'same' is registered twice: by plugin 'test-twice' \(kdlab-twice 1.2\)"):
         reg.get("data", "same")
     assert reg.failures[0].name == "test-twice"
 
@@ -178,7 +177,8 @@ def test_hookimpl_with_wrong_argument_names_names_the_plugin(plugins):
         pass
 
     with pytest.raises(PluginError) as info:
-        plugins.register(_plugin(kdlab_epoch_end=kdlab_epoch_end), "test-args", distribution="kdlab-args", version="0.3")
+        plugins.register(_plugin(kdlab_epoch_end=kdlab_epoch_end), "test-args", distribution="kdlab-args",
+                         version="0.3")
     msg = str(info.value)
     assert "plugin 'test-args' (kdlab-args 0.3)" in msg and "metricz" in msg
     assert "test-args" not in plugins.info
@@ -225,7 +225,8 @@ def test_a_factory_that_raises_is_named(plugins):
 
     plugins.register(_plugin(kdlab_register_data=lambda register: register("broken", broken)), "test-factory")
     comp = plugins.registry.get("data", "broken")
-    with pytest.raises(PluginError, match=r"data 'broken' from plugin 'test-factory' failed to build: ValueError: no data"):
+    with pytest.raises(PluginError,
+                       match=r"data 'broken' from plugin 'test-factory' failed to build: ValueError: no data"):
         comp.build(NoParams(), seed=0)
 
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
-import torch
-from conftest import tiny_digits_config
 from pydantic import BaseModel, ConfigDict
 
 import kdlab
-from kdlab_test_helpers import load_config
+from conftest import tiny_digits_config
 from kdlab.errors import ConfigError
 from kdlab.study.config import load_study_config, sample, trial_overrides
 from kdlab.study.devices import plan_slots
 from kdlab.study.runner import StudyOptions, run_study
 from kdlab.study.storage import make_storage
+from kdlab_test_helpers import load_config
 
 
 def study_config(**study) -> dict:
@@ -133,7 +130,8 @@ def test_categorical_list_choices_round_trip(write_config):
 def test_plan_slots_gpu_and_cpu():
     slots = plan_slots(["cuda:0", "cuda:1"], 4, cpu_count=16)
     assert [s.device for s in slots] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
-    assert [s.device for s in plan_slots("auto", "auto", cpu_count=8, cuda_devices=["cuda:0", "cuda:1"])] == ["cuda:0", "cuda:1"]
+    slots = plan_slots("auto", "auto", cpu_count=8, cuda_devices=["cuda:0", "cuda:1"])
+    assert [s.device for s in slots] == ["cuda:0", "cuda:1"]
     cpu = plan_slots("auto", "auto", cpu_count=2, cuda_devices=[])
     assert [(s.device, s.threads) for s in cpu] == [("cpu", 1), ("cpu", 1)]
     assert [(s.device, s.threads) for s in plan_slots("cpu", 1, cpu_count=8)] == [("cpu", 8)]

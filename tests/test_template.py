@@ -9,11 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from kdlab.plugins import get_plugins, reset_plugins

@@ -9,10 +9,10 @@ from torch import nn
 
 from conftest import tiny_digits_config
 from kdlab.config import OptimizerConfig
-from kdlab_test_helpers import load_config
 from kdlab.functional import masked_cross_entropy
 from kdlab.training import TrainSet, build_optimizer, fit
 from kdlab.types import UNLABELED, Loss, LossOutput, Split
+from kdlab_test_helpers import load_config
 
 
 class _Recording(Loss):
@@ -40,7 +40,8 @@ def test_epoch_loss_terms_are_row_weighted_means_of_the_batches():
     n = 10  # batches of 4, 4 and a short one of 2
     x = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], torch.randn(n, 3)], 1)
     model, loss = nn.Linear(4, 3), _Recording()
-    result = fit(model, loss, TrainSet(x, torch.zeros(n, dtype=torch.int64)), Split(x, torch.zeros(n, dtype=torch.int64)),
+    zeros = torch.zeros(n, dtype=torch.int64)
+    result = fit(model, loss, TrainSet(x, zeros), Split(x, zeros),
                  optimizer=OptimizerConfig(lr=1e-3), epochs=1, batch_size=4, seed=0, device=torch.device("cpu"),
                  keep_best=False)
     h = result.history[0]

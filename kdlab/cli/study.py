@@ -44,5 +44,6 @@ def show(path: str, options) -> dict:
     try:
         study = optuna.load_study(study_name=lstudy.name, storage=make_storage(url))
     except KeyError:
-        raise KdlabError(f"{path}: no study named {lstudy.name!r} in {url} yet; run `kdlab study {path}` first") from None
+        raise KdlabError(f"{path}: no study named {lstudy.name!r} in {url} yet; run `kdlab study {path}` "
+                         "first") from None
     return summarize(study)

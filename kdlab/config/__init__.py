@@ -4,8 +4,19 @@ expectation. The keys documented in ``docs/config.md`` are public interface."""
 from kdlab.config.dotted import flatten, parse_override, set_dotted
 from kdlab.config.loading import COMPONENT_KINDS, LoadedConfig, derive_config, load_config
 from kdlab.config.models import (
-    DEVICE, AssistantConfig, ComponentConfig, ContinualConfig, DataConfig, InitConfig, OptimizerConfig, RunConfig,
-    StudentConfig, TeacherConfig, TeacherTrainingConfig, TrackingConfig, TrainingConfig,
+    DEVICE,
+    AssistantConfig,
+    ComponentConfig,
+    ContinualConfig,
+    DataConfig,
+    InitConfig,
+    OptimizerConfig,
+    RunConfig,
+    StudentConfig,
+    TeacherConfig,
+    TeacherTrainingConfig,
+    TrackingConfig,
+    TrainingConfig,
 )
 from kdlab.config.problems import problems_from_validation
 from kdlab.config.source import Source, dump_yaml

@@ -116,14 +116,17 @@ class PrunerConfig(_Strict):
 class StudyConfig(_Strict):
     name: str | None = Field(None, description="study name (default: the file's stem); also the MLflow experiment")
     n_trials: int = Field(20, gt=0, description="total trials of the study (a resumed study runs the rest)")
-    timeout: float | None = Field(None, gt=0, description="seconds (from the command's start) after which no new trial starts")
+    timeout: float | None = Field(None, gt=0, description="seconds (from the command's start) after which no new "
+                                                         "trial starts")
     search: dict[str, Dimension] = Field(default_factory=dict)
     objective: Objective | list[Objective] = Field(default_factory=Objective)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
-    storage: str | None = Field(None, description="Optuna storage URL or journal file (default: $KDLAB_HOME/optuna.journal)")
+    storage: str | None = Field(None, description="Optuna storage URL or journal file (default: "
+                                                  "$KDLAB_HOME/optuna.journal)")
     devices: Literal["auto", "cpu"] | list[str] = "auto"
-    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per CPU core")
+    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per "
+                                                               "CPU core")
     start_method: Literal["auto", "spawn"] = Field(
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
@@ -156,14 +159,16 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
     source = loaded.source
     raw = loaded.config.study
     if raw is None:
-        raise ConfigError(source.name, [Problem("study", "this file has no `study:` section (see docs/studies.md)", has_value=False)])
+        raise ConfigError(source.name, [Problem("study", "this file has no `study:` section (see docs/studies.md)",
+                                                has_value=False)])
     from pydantic import TypeAdapter
 
     problems: list[Problem] = []
     raw = dict(raw)
     search_raw = raw.pop("search", None) or {}
     if not isinstance(search_raw, dict):
-        raise ConfigError(source.name, [Problem("study.search", "expected a mapping of dotted config keys to dimensions",
+        raise ConfigError(source.name, [Problem("study.search",
+                                                "expected a mapping of dotted config keys to dimensions",
                                                 search_raw, line=source.line_of(("study", "search")))])
     try:
         study = StudyConfig.model_validate(raw)
@@ -187,14 +192,16 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
     if "loss.name" in study.search:
         dim = study.search["loss.name"]
         if not isinstance(dim, CategoricalDim):
-            problems.append(Problem("study.search.loss.name", "loss.name is searched as `type: categorical` with choices", dim.type))
+            problems.append(Problem("study.search.loss.name",
+                                    "loss.name is searched as `type: categorical` with choices", dim.type))
         else:
             loss_choices = dim.choices
     for key, dim in study.search.items():
         line = source.line_of(("study", "search", key))
         for cond_key in (dim.when or {}):
             if cond_key not in study.search:
-                problems.append(Problem(f"study.search.{key}.when", f"condition on {cond_key!r}, which is not searched", cond_key, line=line))
+                problems.append(Problem(f"study.search.{key}.when", f"condition on {cond_key!r}, which is not searched",
+                                        cond_key, line=line))
         problems += _check_key(loaded, key, dim, loss_choices, line)
     for obj in study.objectives:
         if obj.metric.startswith("test_"):
@@ -203,7 +210,8 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
         elif obj.metric not in OBJECTIVES:
             problems.append(Problem("study.objective.metric", f"expected one of {', '.join(OBJECTIVES)}", obj.metric))
     if len(study.objectives) > 1 and study.sampler.name == "cmaes":
-        problems.append(Problem("study.sampler.name", "CMA-ES is single-objective; use tpe or nsga2 for several objectives", "cmaes"))
+        problems.append(Problem("study.sampler.name",
+                                "CMA-ES is single-objective; use tpe or nsga2 for several objectives", "cmaes"))
     if study.sampler.name == "grid":
         for key, dim in study.search.items():
             try:
@@ -219,7 +227,8 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
     return LoadedStudy(loaded, study)
 
 
-def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any] | None, line: int | None) -> list[Problem]:
+def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any] | None,
+               line: int | None) -> list[Problem]:
     """A search key must be a config key: try its values on the base config and validate."""
     if key.startswith("study.") or key.startswith("tracking."):
         return [Problem(f"study.search.{key}", "study and tracking settings cannot be searched", key, line=line)]
@@ -231,7 +240,8 @@ def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any]
         owners = []
         for name in loss_choices:
             try:
-                comp = loaded.components["loss"] if name == loaded.config.loss.name else loaded.registry.get("loss", name)
+                comp = (loaded.components["loss"] if name == loaded.config.loss.name
+                        else loaded.registry.get("loss", name))
             except LookupError:
                 continue
             if param in comp.params.model_fields:
@@ -250,7 +260,8 @@ def _check_key(loaded: LoadedConfig, key: str, dim: Any, loss_choices: list[Any]
             except ConfigError as exc:
                 bad = [p for p in exc.problems]
                 msg = "; ".join(f"{p.key}: {p.message}" for p in bad)
-                return [Problem(f"study.search.{key}", f"value {v!r} does not make a valid config ({msg})", v, line=line)]
+                return [Problem(f"study.search.{key}", f"value {v!r} does not make a valid config ({msg})", v,
+                                line=line)]
     return out
 
 

@@ -14,7 +14,7 @@ from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, trial_overrides
 from kdlab.study.plots import study_figures
 from kdlab.study.report import summarize
-from kdlab.tracking import Tracker, TrackedRun
+from kdlab.tracking import TrackedRun, Tracker
 
 
 def open_parent_run(study, lstudy: LoadedStudy, tracker: Tracker) -> TrackedRun:

@@ -52,7 +52,8 @@ def render_summary(summary: dict[str, Any], console) -> None:
     from rich.table import Table
 
     states = summary["states"]
-    console.print(f"[bold]study {summary['study']}[/bold]: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())))
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+    console.print(f"[bold]study {summary['study']}[/bold]: {counts}")
     base, teacher = summary.get("baseline") or {}, summary.get("teacher") or {}
     if not summary["best"]:
         console.print("no completed trial yet")

@@ -67,8 +67,9 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         }
         live.finish({**metrics, "test_accuracy": metrics["teacher_test_accuracy"]}, step=result.epochs_run)
         tracked = live.tracked
-        path = store_teacher(fp, model, {"run_id": info.run_id, "metrics": metrics, "name": cfg.name,
-                                         "params": cfg.params, "tracking_uri": tracked.tracker.uri if tracked else None})
+        meta = {"run_id": info.run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
+                "tracking_uri": tracked.tracker.uri if tracked else None}
+        path = store_teacher(fp, model, meta)
         if tracked:
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
             tracked.log_artifact(path, "teacher")

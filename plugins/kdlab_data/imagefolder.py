@@ -55,7 +55,6 @@ def list_images(root: Path, limit_per_class: int | None = None) -> tuple[list[st
 
 def _read(path: Path, size: int, mode: str):
     import numpy as np
-
     from PIL import Image, UnidentifiedImageError
 
     try:

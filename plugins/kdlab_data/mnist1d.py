@@ -80,7 +80,8 @@ def make_mnist1d(params: Mnist1dParams, *, seed: int) -> kdlab.Data:
     )
     x = torch.tensor(base["x"], dtype=torch.float32)
     y = torch.tensor(base["y"], dtype=torch.int64)
-    test = kdlab.Split(torch.tensor(base["x_test"], dtype=torch.float32), torch.tensor(base["y_test"], dtype=torch.int64))
+    test = kdlab.Split(torch.tensor(base["x_test"], dtype=torch.float32),
+                       torch.tensor(base["y_test"], dtype=torch.int64))
     if params.val_size >= len(y):
         raise ValueError(f"val_size={params.val_size} leaves no training examples of {len(y)}")
     train, val = carve(x, y, params.val_size, seed)

@@ -4,7 +4,14 @@ component; kdlab owns the registry, the names and the error messages."""
 import kdlab
 
 from .components import (
-    BlobsParams, LinearParams, LogitMSE, LogitMSEParams, WideParams, make_blobs, make_linear, make_wide,
+    BlobsParams,
+    LinearParams,
+    LogitMSE,
+    LogitMSEParams,
+    WideParams,
+    make_blobs,
+    make_linear,
+    make_wide,
 )
 
 

@@ -1,12 +1,11 @@
 """The plugin's tests: kdlab's conformance kit on every component, and one short distillation."""
 
+import kdlab_example.plugin
 import pytest
 import yaml
 
 from kdlab.cli import main
 from kdlab.testing import check_component, check_data, components_of
-
-import kdlab_example.plugin
 
 COMPONENTS = components_of(kdlab_example.plugin, "example")
 
