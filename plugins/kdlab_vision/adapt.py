@@ -123,8 +123,9 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Weights of a conv over 3 input channels turned into weights over ``in_chans``, by the rule timm uses for
-    pretrained stems: one channel gets the sum over the three; more gets the three repeated cyclically, scaled by
-    ``3 / in_chans``. Either way a grey image (the same value in every channel) gives the same response."""
+    pretrained stems: one channel gets the sum over the three, so a grey image gives the response the RGB weights
+    gave it; other counts get the three repeated cyclically and scaled by ``3 / in_chans``, which keeps the
+    response to a grey image exactly for multiples of three and on average otherwise."""
     if in_chans == 1:
         return weight.sum(dim=1, keepdim=True)
     repeat = math.ceil(in_chans / weight.shape[1])
