@@ -27,13 +27,13 @@ NOTES: dict[str, str] = {
     "data.name": "data component, e.g. `digits`, `mnist1d`, `cifar10`, `imagefolder` (`kdlab plugins` lists them)",
     "teacher": "the teacher: trained by kdlab (once, then reused), or loaded from `checkpoint` or `mlflow_uri`; "
                "leave it out for a loss that needs no teacher (`ce`)",
-    "teacher.name": "teacher architecture, e.g. `mlp`, `cnn1d`, `cnn2d`",
+    "teacher.name": "teacher architecture, e.g. `mlp`, `cnn2d`, `resnet20`, `torchvision` ([models.md](models.md))",
     "teacher.training": "how kdlab trains the teacher (with cross-entropy) when it is not loaded",
     "teacher.training.epochs": "teacher training epochs",
     "teacher.training.batch_size": "teacher training batch size",
     "teacher.training.optimizer": "the teacher's optimizer (keys as in `optimizer`)",
     "student": "the student architecture and how it starts",
-    "student.name": "student architecture, e.g. `mlp`, `cnn1d`, `cnn2d`",
+    "student.name": "student architecture, e.g. `mlp`, `cnn2d`, `resnet8x4`, `timm` ([models.md](models.md))",
     "student.init": "start the student from another model's weights instead of a random initialisation",
     "student.init.checkpoint": "a state_dict file (loaded with weights_only)",
     "student.init.mlflow_uri": "an MLflow model URI or a `.pt` state_dict artifact, e.g. runs:/<id>/student",
@@ -116,11 +116,13 @@ def first_party_components() -> list[Any]:
     """Data sources and architectures of the first-party plugins (not whatever else is installed)."""
     import kdlab_data.plugin
     import kdlab_models.plugin
+    import kdlab_vision.plugin  # imports neither torchvision nor timm
     from kdlab.registry import Registry
 
     reg = Registry()
     kdlab_data.plugin.kdlab_register_data(reg.registrar("data", "kdlab-data"))
     kdlab_models.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-models"))
+    kdlab_vision.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-vision"))
     return reg.all("data") + reg.all("teacher")
 
 
@@ -202,7 +204,8 @@ def render() -> str:
             lines += table(header, rows(f.children, f"{name}.")) + [""]
     lines += ["## Component params", "",
               "Params of the first-party data sources (`data.params`) and architectures (`teacher.params`,",
-              "`student.params`: every architecture serves as teacher and as student).", ""]
+              "`student.params`: every architecture serves as teacher and as student; [models.md](models.md)",
+              "describes the model zoo).", ""]
     for comp in first_party_components():
         kind = "architecture" if comp.kind == "teacher" else "data"
         lines += [f"### {kind} `{comp.name}`", "", comp.description, ""]

@@ -60,7 +60,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any] | Callable[[Path], dict[str, Any]
     ("data", "imagefolder"): _image_folder,
 }
 #: input shapes an architecture accepts
-SHAPES: dict[str, tuple[int, ...]] = {"cnn1d": (40,), "cnn2d": (1, 8, 8), "mlp": (1, 8, 8)}
+SHAPES: dict[str, tuple[int, ...]] = {"cnn1d": (40,), "cnn2d": (1, 8, 8), "mlp": (1, 8, 8), "resnet1d": (40,)}
 
 
 def test_every_kind_has_first_party_components():

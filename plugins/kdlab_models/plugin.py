@@ -3,8 +3,10 @@
 import kdlab
 
 from .nets import CNN1DParams, CNN2DParams, MLPParams, make_cnn1d, make_cnn2d, make_mlp
+from .resnet1d import ResNet1DParams, make_resnet1d
 
-_ARCHITECTURES = [("mlp", make_mlp, MLPParams), ("cnn1d", make_cnn1d, CNN1DParams), ("cnn2d", make_cnn2d, CNN2DParams)]
+_ARCHITECTURES = [("mlp", make_mlp, MLPParams), ("cnn1d", make_cnn1d, CNN1DParams), ("cnn2d", make_cnn2d, CNN2DParams),
+                  ("resnet1d", make_resnet1d, ResNet1DParams)]
 
 
 @kdlab.hookimpl
