@@ -114,9 +114,10 @@ def table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
 
 def first_party_components() -> list[Any]:
     """Data sources and architectures of the first-party plugins (not whatever else is installed)."""
+    import kdlab_vision.plugin  # imports neither torchvision nor timm
+
     import kdlab_data.plugin
     import kdlab_models.plugin
-    import kdlab_vision.plugin  # imports neither torchvision nor timm
     from kdlab.registry import Registry
 
     reg = Registry()

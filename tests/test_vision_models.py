@@ -11,20 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kdlab_vision.plugin
 import pytest
 import torch
-from conftest import tiny_digits_config
+from kdlab_vision.adapt import adapt_conv_weight
+from kdlab_vision.cifar import CIFAR_NETS
 from pydantic import ValidationError
 from torch import nn
 
 import kdlab_models.plugin
-import kdlab_vision.plugin
+from conftest import tiny_digits_config
 from kdlab.cli import main
 from kdlab.errors import PluginError
 from kdlab.testing import check_component, components_of
-from kdlab_vision.adapt import adapt_conv_weight
-from kdlab_vision.cifar import CIFAR_NETS
-
 
 
 def _import(name: str):

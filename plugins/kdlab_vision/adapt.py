@@ -135,7 +135,7 @@ def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 def adapt_stem(model: nn.Module, in_chans: int) -> str:
     """Replace the first ``nn.Conv2d`` over 3 channels by one over ``in_chans`` with adapted weights (see
     :func:`adapt_conv_weight`); returns its dotted name."""
-    for name, conv in model.named_modules():
+    for name, conv in model.named_modules():  # noqa: B007 - the match is used after the loop
         if isinstance(conv, nn.Conv2d) and conv.in_channels == 3 and conv.groups == 1:
             break
     else:

@@ -13,7 +13,14 @@ from torch import nn
 
 from ._extras import did_you_mean, require
 from .adapt import (
-    adapt_stem, fresh_head, find_head, head_width, image_shape, load_into, load_state_file, set_module,
+    adapt_stem,
+    find_head,
+    fresh_head,
+    head_width,
+    image_shape,
+    load_into,
+    load_state_file,
+    set_module,
 )
 
 #: builder arguments that kdlab sets itself
