@@ -2,7 +2,8 @@
 
 The public API for plugin authors is what this module exports: :data:`hookimpl`, the data types
 (:class:`Data`, :class:`Split`), the loss types (:class:`Loss`, :class:`LossInputs`, :class:`LossOutput`,
-:class:`LossSetup`), :class:`RunInfo` and :data:`UNLABELED`. Importing ``kdlab`` does not import torch or MLflow;
+:class:`LossSetup`), :class:`RunInfo`, :data:`UNLABELED` and :func:`did_you_mean` (closest names for error
+messages). Importing ``kdlab`` does not import torch or MLflow;
 the torch-backed names load on first access.
 """
 
@@ -30,6 +31,7 @@ _LAZY = {
     "KdlabError": "kdlab.errors",
     "ConfigError": "kdlab.errors",
     "PluginError": "kdlab.errors",
+    "did_you_mean": "kdlab.suggest",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

@@ -12,7 +12,8 @@ def closest(name: str, known: Iterable[str], cutoff: float = 0.6) -> str | None:
     return found[0] if found else None
 
 
-def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
-    """``"; did you mean 'x'?"`` for the closest known name, or ``""``: appended to an error's first clause."""
-    close = closest(name, known, cutoff)
-    return f"; did you mean {close!r}?" if close else ""
+def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6, n: int = 1) -> str:
+    """``"; did you mean 'x'?"`` for the closest known name (``n`` > 1: up to ``n`` of them, closest first), or
+    ``""``: appended to an error's first clause. Public as ``kdlab.did_you_mean`` for plugins' own errors."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=cutoff)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

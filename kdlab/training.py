@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from kdlab.capture import FeatureCapture
 from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
+from kdlab.functional import accuracy
 from kdlab.types import Loss, LossInputs, Split
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -206,7 +207,7 @@ def fit(
                 values, steps = terms[k]
                 weights = rows if len(steps) == len(rows) else rows[[i // batch_size for i in steps]]
                 sums.append(torch.dot(torch.stack(values).float().reshape(-1), weights))
-            stacked = torch.stack([*sums, (val_logits.argmax(1) == val_y).float().mean(),
+            stacked = torch.stack([*sums, accuracy(val_logits, val_y),
                                    F.cross_entropy(val_logits, val_y)]).tolist()  # the one host sync per epoch
             train_loss = stacked[0] / n
             if not math.isfinite(train_loss):

@@ -67,7 +67,15 @@ def test_study_speed_parts(bench_env, tmp_path: Path):
 def test_workers_parts(bench_env):
     bench = _load("workers")
     assert bench.hwm_mib(os.getpid()) > 0
-    assert bench.children(os.getpid()) == [] or all(isinstance(p, int) for p in bench.children(os.getpid()))
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in bench.children(os.getpid())  # the reader finds a child it must measure
+    finally:
+        child.kill()
+        child.wait()
     assert 0 < bench.pss_mib(os.getpid()) <= bench.hwm_mib(os.getpid())
     assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1", "2x1s"}
     assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each

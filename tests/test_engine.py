@@ -236,6 +236,14 @@ def test_missing_checkpoint_file(write_config, tmp_path):
         run(_load(write_config, cfg))
 
 
+@pytest.mark.parametrize("section", ["student", "teacher"])
+def test_missing_init_checkpoint_names_its_own_key(write_config, tmp_path, section):
+    cfg = tiny_digits_config(**{f"{section}.init": {"checkpoint": str(tmp_path / "gone.pt")},
+                                "tracking.enabled": False})
+    with pytest.raises(KdlabError, match=rf"^{section}\.init\.checkpoint = .*gone.pt.*: no such file"):
+        run(_load(write_config, cfg))
+
+
 @pytest.mark.parametrize("suffix", ["teacher/state_dict.pt", "teacher"])
 def test_teacher_from_an_mlflow_uri(write_config, suffix):
     _kdlab_run(write_config, tiny_digits_config())

@@ -6,10 +6,11 @@ validating their params (``kdlab validate``, ``kdlab run``) that needs the libra
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Iterable
 from types import ModuleType
+
+import kdlab
 
 INSTALL_HINT = "pip install 'kdlab[vision]'"
 
@@ -39,6 +40,5 @@ def _torch_version() -> str:
 
 
 def did_you_mean(name: str, known: Iterable[str], n: int = 5) -> str:
-    """``"; did you mean 'a', 'b'?"`` with the closest known names, or ``""`` when none is close."""
-    close = difflib.get_close_matches(name, list(known), n=n, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    """``"; did you mean 'a', 'b'?"`` with up to ``n`` closest known names, or ``""`` when none is close."""
+    return kdlab.did_you_mean(name, known, n=n)
