@@ -228,11 +228,16 @@ class TrackedRun:
         import torch
         from mlflow.models import infer_signature
 
+        from kdlab import batch
+
         model = model.eval().cpu()
-        example = example_x.detach().cpu()
+        example = batch.to(example_x, "cpu")
         with torch.inference_mode():
-            out = model(example)
-        signature = infer_signature(example.numpy(), out.float().numpy())
+            out = batch.forward(model, example)
+        # one array, or named arrays (a dict of int64 token ids and masks, as the model's keyword arguments)
+        example_np = (example.numpy() if isinstance(example, torch.Tensor)
+                      else {k: v.numpy() for k, v in example.items()})
+        signature = infer_signature(example_np, out.float().numpy())
         # MLflow 3 files a new logged model under the process's *active* experiment (the Default one, with its
         # artifacts in the working directory's ./mlruns, unless set), not under its source run's experiment.
         # Create it in the run's experiment ourselves (as log_model would, with the run's params) and hand it over,
@@ -244,7 +249,7 @@ class TrackedRun:
         # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
         _retry(
             mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-            input_example=example.numpy(), serialization_format="pt2", model_id=logged.model_id,
+            input_example=example_np, serialization_format="pt2", model_id=logged.model_id,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from kdlab import batch
 from kdlab.config import flatten, load_config
 from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, trial_overrides
@@ -103,7 +104,7 @@ def log_best_model(study, lstudy: LoadedStudy, tracker: Tracker, best: dict[str,
     local = tracker.download(run_id, "student/state_dict.pt")
     load_weights(model, load_state_dict_file(local, "best trial"), key="best trial", value=run_id)
     run = tracker.run(run_id)
-    run.log_model(model, "student", data.train.x[:8])
+    run.log_model(model, "student", batch.index(data.train.x, slice(0, 8)))
     run.set_tags({"kdlab.best": "true"})
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab import paths
+from kdlab import batch, paths
 from kdlab.files import atomic_torch_save, atomic_write_text
 from kdlab.training import predict
 from kdlab.types import Data
@@ -50,7 +50,8 @@ def teacher_outputs(teacher: Any, data: Data, device: torch.device, batch_size: 
         if all(name in stored and len(stored[name]) == len(split) for name, split in data.splits().items()):
             return {k: v.to(device=device, dtype=torch.float32) for k, v in stored.items()}
     teacher.model.to(device)
-    out = {name: predict(teacher.model, split.x.to(device), batch_size)[0] for name, split in data.splits().items()}
+    out = {name: predict(teacher.model, batch.to(split.x, device), batch_size)[0]
+           for name, split in data.splits().items()}
     compact = {k: v.to(torch.float16).cpu().contiguous() for k, v in out.items()}
     atomic_torch_save(compact, path)
     # return what the cache holds, so a first run and a cached rerun see identical teacher outputs

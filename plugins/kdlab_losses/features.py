@@ -19,7 +19,7 @@ from kdlab.functional import layer_outputs, masked_cross_entropy
 
 def _probe(ctx: kdlab.LossSetup, student_layers, teacher_layers) -> tuple[dict, dict]:
     """One forward pass of each model over the example batch: the captured features (checks the paths, too)."""
-    x = ctx.example_x[:8]
+    x = kdlab.batch.index(ctx.example_x, slice(0, 8))
     s = layer_outputs(ctx.student, x, student_layers, owner="the student", key="loss.params.student_layer(s)")
     t = layer_outputs(ctx.teacher, x, teacher_layers, owner="the teacher", key="loss.params.teacher_layer(s)")
     return s, t
