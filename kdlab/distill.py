@@ -13,14 +13,26 @@ import torch
 from torch import nn
 
 from kdlab import __version__, batch
+from kdlab.augment import Augment
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.errors import KdlabError
 from kdlab.functional import accuracy
 from kdlab.lifecycle import RunOptions, tracked_run
+from kdlab.loading import Concat, Rows, Views, eval_batches, head
 from kdlab.models import apply_init, build_model, model_builder
 from kdlab.session import Session, data_fingerprint
-from kdlab.teachers import Teacher, get_teacher, teacher_builder, teacher_outputs
-from kdlab.training import FitResult, TrainSet, count_params, fit, predict, resolve_device, seed_everything
+from kdlab.teachers import Teacher, get_teacher, teacher_builder
+from kdlab.teachers.outputs import outputs_for_run, run_augment, views_for_run
+from kdlab.training import (
+    FitResult,
+    TrainSet,
+    count_params,
+    fit,
+    predict_batches,
+    predict_split,
+    resolve_device,
+    seed_everything,
+)
 from kdlab.types import UNLABELED, Data, Loss, LossSetup, RunInfo
 
 
@@ -56,28 +68,43 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     if loss.uses_teacher and cfg.teacher is None:
         raise KdlabError(f"{loaded.name}: loss {cfg.loss.name!r} distils from a teacher: add a `teacher:` section")
     teacher = get_teacher(loaded, data, device, session, track=track) if cfg.teacher else None
-
-    outputs = None
-    if teacher is not None:
-        key = (teacher.fingerprint, str(device))
-        if key not in session.outputs:
-            session.outputs[key] = teacher_outputs(teacher, data, device)
-        outputs = session.outputs[key]
+    augment = run_augment(loaded, data)
+    randomly = augment is not None and augment.random
+    if augment is not None:
+        _check_augment(augment, loss, cfg.loss.name, data)
+    outputs = outputs_for_run(loaded, teacher, data, device, session) if teacher is not None else None
+    views = None
+    if teacher is not None and randomly and cfg.teacher.mode == "views" and loss.uses_teacher and not loss.live_teacher:
+        if loss.teacher_layers:
+            raise KdlabError(f"{loaded.name}: teacher.mode: views stores the teacher's logits only, and loss "
+                             f"{cfg.loss.name!r} reads teacher features: use teacher.mode: live")
+        views = Views(views_for_run(loaded, teacher, data, device, session,
+                                    use_transfer=_transfer_used(data, loss, True, tcfg.use_transfer)), seed=tcfg.seed)
+    # the teacher's outputs for the training rows: cached over the fixed rows, or (under random augmentation)
+    # replayed views or the live teacher
+    row_outputs = None if randomly else outputs
+    has_rows = row_outputs is not None or (teacher is not None and randomly)
 
     seed_everything(tcfg.seed)
     student = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
     extra_metrics = apply_init(cfg.student.init, student, "student")
-    train = _shared_train_set(session, loaded, teacher, data, loss, outputs, device, tcfg.use_transfer)
-    if loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None:
-        rows = batch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer)
-                                           else []))
-        _, feats = predict(teacher.model, batch.to(rows, device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
-                           key="loss.params", owner="the teacher")
+    if tcfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.model.to(memory_format=torch.channels_last)
+    train = _shared_train_set(session, loaded, teacher, data, loss, row_outputs, device,
+                              _transfer_used(data, loss, has_rows, tcfg.use_transfer))
+    if (loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None
+            and train.teacher_logits is not None and not train.streamed):
+        _, feats = predict_batches(teacher.model, eval_batches(train.x, tcfg.eval_batch_size, device, augment=augment),
+                                   tuple(loss.teacher_layers), key="loss.params", owner="the teacher")
         train.teacher_features = feats
+    example = batch.to(head(train.x, 64), device)
     loss.setup(LossSetup(
         student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
         num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
-        student_config=cfg.student.model_dump(mode="json"), example_x=batch.index(train.x, slice(0, 64)),
+        student_config=cfg.student.model_dump(mode="json"),
+        example_x=augment.eval(example) if augment is not None else example,
         build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
     ))
     loss.to(device)
@@ -93,8 +120,10 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
         result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
                      batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
                      teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
-                     precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch)
-        metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size)
+                     precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch,
+                     augment=augment, views=views, loader=cfg.data.loader, channels_last=tcfg.channels_last)
+        metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size, augment=augment,
+                           loader=cfg.data.loader, channels_last=tcfg.channels_last)
         metrics.update(extra_metrics)
         metrics["train_time_s"] = result.train_time_s
         metrics["best_epoch"] = float(result.best_epoch)
@@ -103,17 +132,18 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
             live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
             live.tracked.log_state_dict(student, "student")
             if cfg.tracking.log_model if options.log_model is None else options.log_model:
-                live.tracked.log_model(student, "student", batch.index(data.train.x, slice(0, 8)))
+                live.tracked.log_model(student, "student", head(data.train.x, 8))
                 student.to(device)
     return RunResult(metrics, info.run_id, student, result, teacher)
 
 
 def evaluate(student: nn.Module, teacher: Teacher | None, data: Data, outputs: dict[str, torch.Tensor] | None,
-             device: torch.device, batch_size: int) -> dict[str, float]:
-    """The student's final metrics (``kdlab.metrics.FINAL``) on the validation and test splits."""
+             device: torch.device, batch_size: int, **inputs: Any) -> dict[str, float]:
+    """The student's final metrics (``kdlab.metrics.FINAL``) on the validation and test splits (``inputs``: the
+    keywords of :func:`kdlab.training.predict_split`: augmentation, loader, channels-last)."""
     test_y, val_y = data.test.y.to(device), data.val.y.to(device)
-    test_logits, _ = predict(student, batch.to(data.test.x, device), batch_size)
-    val_logits, _ = predict(student, batch.to(data.val.x, device), batch_size)
+    test_logits = predict_split(student, data.test.x, device, batch_size, **inputs)
+    val_logits = predict_split(student, data.val.x, device, batch_size, **inputs)
     m = {"test_accuracy": float(accuracy(test_logits, test_y)), "val_accuracy": float(accuracy(val_logits, val_y)),
          "student_params": float(count_params(student))}
     if teacher is not None and outputs is not None:
@@ -154,19 +184,32 @@ def run_params(loaded: LoadedConfig) -> dict[str, Any]:
     return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in ("study", "tracking")})
 
 
-def _transfer_used(data: Data, loss: Loss, outputs: Any, use_transfer: bool) -> bool:
+def _check_augment(augment: Augment, loss: Loss, loss_name: str, data: Data) -> None:
+    augment.check(head(data.train.x, 2))
+    if augment.mixes and not loss.uses_soft_labels:
+        raise KdlabError(f"data.augment: mixup/cutmix give soft labels, and loss {loss_name!r} does not read "
+                         "kdlab.LossInputs.soft_labels (it would learn the unmixed labels): drop the op or use a loss "
+                         "that reads them (docs/images.md)")
+
+
+def _transfer_used(data: Data, loss: Loss, teacher_rows: bool, use_transfer: bool) -> bool:
+    """Whether the transfer rows train: they are used only through the teacher's outputs (``teacher_rows``: cached,
+    replayed or live)."""
     return bool(use_transfer and data.transfer is not None and loss.uses_teacher
-                and (outputs is not None or loss.live_teacher))
+                and (teacher_rows or loss.live_teacher))
 
 
 def _train_set(data: Data, loss: Loss, outputs: dict[str, torch.Tensor] | None, device: torch.device,
-               use_transfer: bool) -> TrainSet:
+               transfer: bool) -> TrainSet:
     xs, ys, ts = [data.train.x], [data.train.y], [outputs["train"]] if outputs is not None else None
-    if _transfer_used(data, loss, outputs, use_transfer):
+    if transfer:
         xs.append(data.transfer.x)
         ys.append(torch.full((len(data.transfer),), UNLABELED, dtype=torch.int64))
         if ts is not None:
             ts.append(outputs["transfer"])
+    if data.streamed:  # rows read lazily; labels and the teacher's (memory-mapped) logits stay on the CPU
+        t = (ts[0] if len(ts) == 1 else Concat(ts)) if (ts is not None and loss.uses_teacher) else None
+        return TrainSet(Rows(xs), torch.cat([y.cpu() for y in ys]), t)
 
     def joined(parts: list[Any]) -> Any:  # no copy when there is one part on the device already
         return batch.to(batch.cat(parts), device)
@@ -176,12 +219,15 @@ def _train_set(data: Data, loss: Loss, outputs: dict[str, torch.Tensor] | None, 
 
 
 def _shared_train_set(session: Session, loaded: LoadedConfig, teacher: Teacher | None, data: Data, loss: Loss,
-                      outputs: dict[str, torch.Tensor] | None, device: torch.device, use_transfer: bool) -> TrainSet:
+                      outputs: dict[str, torch.Tensor] | None, device: torch.device, transfer: bool) -> TrainSet:
     """The run's training rows: built once per session (no copy of the data per trial), in a new
     :class:`TrainSet` each time (a run may attach teacher features to it)."""
     key = (data_fingerprint(loaded), teacher.fingerprint if teacher is not None and outputs is not None else None,
-           str(device), _transfer_used(data, loss, outputs, use_transfer), loss.uses_teacher)
+           str(device), transfer, loss.uses_teacher)
     if key not in session.train_sets:
-        session.train_sets[key] = _train_set(data, loss, outputs, device, use_transfer)
+        session.train_sets[key] = _train_set(data, loss, outputs, device, transfer)
     shared = session.train_sets[key]
-    return TrainSet(shared.x, shared.y, shared.teacher_logits)
+    teacher_logits = shared.teacher_logits
+    if shared.streamed and loss.teacher_layers:
+        teacher_logits = None  # teacher features over streamed rows are not cached: the teacher runs live
+    return TrainSet(shared.x, shared.y, teacher_logits)

@@ -11,8 +11,19 @@ from kdlab.batch import Inputs
 from kdlab.types import UNLABELED
 
 
-def masked_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean cross-entropy over the labelled rows (``labels != -1``); 0 (with a gradient path) when none are."""
+def masked_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0,
+                         soft_labels: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the labelled rows (``labels != -1``); 0 (with a gradient path) when none are.
+
+    With ``soft_labels`` (``(N, num_classes)`` target distributions, :attr:`kdlab.LossInputs.soft_labels` under
+    mixup/cutmix) the targets are those distributions instead of the labels (smoothed by ``label_smoothing``)."""
+    if soft_labels is not None:
+        target = soft_labels.to(logits.dtype)
+        if label_smoothing:
+            target = target * (1 - label_smoothing) + label_smoothing / logits.shape[1]
+        per_row = -(target * F.log_softmax(logits, dim=1)).sum(1)
+        mask = labels != UNLABELED
+        return (per_row * mask).sum() / mask.sum().clamp_min(1)
     # one fused kernel skips the unlabelled rows (ignore_index); fewer ops than masking per-row losses, which
     # matters in the step loop of small models
     total = F.cross_entropy(logits, labels, ignore_index=UNLABELED, reduction="sum", label_smoothing=label_smoothing)

@@ -34,6 +34,8 @@ class Session:
         self.data: dict[str, Data] = {}
         self.teachers: dict[str, Any] = {}  # fingerprint -> kdlab.teachers.Teacher
         self.outputs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        #: the teacher's cached augmented views of the training rows (teacher.mode: views), by key and device
+        self.views: dict[tuple[str, str], Any] = {}
         self.trackers: dict[tuple[str | None, str], Tracker] = {}
         #: training rows (train + transfer, with the teacher's logits) on a device, built once and shared by runs
         self.train_sets: dict[tuple, Any] = {}

@@ -23,16 +23,28 @@ class Split:
     """One split of a dataset: inputs ``x`` — one tensor of shape ``(N, *input_shape)`` (float32 features, or
     int64 token ids) or a dict of named tensors with ``N`` rows each (``{"input_ids": ..., "attention_mask": ...}``,
     passed to models as keyword arguments) — and labels ``y`` of shape ``(N,)`` (int64, in ``[0, num_classes)``),
-    or ``y=None`` for an unlabeled split."""
+    or ``y=None`` for an unlabeled split.
 
-    x: Inputs
+    For data that does not fit in memory, ``x`` may instead be a map-style dataset (``len(x)``, ``x[i]`` -> the
+    inputs of example ``i`` without the batch dimension: a tensor or a dict of named tensors; optionally
+    ``x.__getitems__(indices)`` -> a list of them), read lazily through a DataLoader; its labels ``y`` are still
+    one tensor, known up front. Such a split is *streamed*."""
+
+    x: Inputs | Any
     y: Tensor | None = None
 
+    @property
+    def streamed(self) -> bool:
+        """Whether ``x`` is a dataset read lazily rather than tensors."""
+        return not isinstance(self.x, (Tensor, dict))
+
     def __len__(self) -> int:
-        return batch.rows(self.x)
+        return len(self.x) if self.streamed else batch.rows(self.x)
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(batch.to(self.x, device), None if self.y is None else self.y.to(device))
+        """A copy on ``device`` (a streamed split's dataset stays where it is; its labels move)."""
+        x = self.x if self.streamed else batch.to(self.x, device)
+        return Split(x, None if self.y is None else self.y.to(device))
 
 
 @dataclass
@@ -60,7 +72,15 @@ class Data:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one example's input (of the first named input, for dict inputs)."""
-        return next(iter(batch.shapes(self.train.x).values()))
+        if not self.train.streamed:
+            return next(iter(batch.shapes(self.train.x).values()))
+        example = self.train.x[0]
+        return tuple((example if isinstance(example, Tensor) else next(iter(example.values()))).shape)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether any split is streamed (read lazily through a DataLoader)."""
+        return any(s.streamed for s in self.splits().values())
 
     def splits(self) -> dict[str, Split]:
         out = {"train": self.train, "val": self.val, "test": self.test}
@@ -89,6 +109,9 @@ class LossInputs:
     #: int64 position of each row in the run's training rows (train rows first, then transfer rows), the same
     #: for an example in every epoch: for losses that keep per-example state (a memory bank); ``None`` outside fit
     index: Tensor | None = None
+    #: float32 ``(N, num_classes)`` target distributions of the labelled rows when ``data.augment`` mixes examples
+    #: (mixup, cutmix), else ``None``; losses that read labels pass it to ``masked_cross_entropy(soft_labels=...)``
+    soft_labels: Tensor | None = None
 
     @property
     def labeled(self) -> Tensor:
@@ -136,12 +159,15 @@ class Loss(nn.Module):
       otherwise they are computed once over the training data and cached.
     * ``student_layers`` / ``teacher_layers`` — dotted module paths whose outputs are captured with forward hooks.
       Set them on the instance (from params) in ``__init__``.
+    * ``uses_soft_labels`` — the loss reads ``LossInputs.soft_labels`` where it reads labels, so it may train under
+      mixup/cutmix (a loss that does not would learn the unmixed labels, so kdlab refuses that combination).
 
     Parameters of the loss (adapters, peer networks) are trained with the student.
     """
 
     uses_teacher: ClassVar[bool] = True
     live_teacher: ClassVar[bool] = False
+    uses_soft_labels: ClassVar[bool] = False
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
 

@@ -5,7 +5,7 @@ params are validated by the model its plugin registered (:mod:`kdlab.config.load
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,8 +35,101 @@ class ComponentConfig(Strict):
         return {} if v is None else v
 
 
+class RandomCropOp(Strict):
+    """Pad, then crop back to the input size at a random place (per example); 1-D signals are cropped in length."""
+
+    op: Literal["random_crop"]
+    padding: int = Field(4, ge=0, description="pixels (samples) added on every side before cropping")
+    padding_mode: Literal["constant", "reflect", "replicate"] = Field(
+        "constant", description="what the padding holds: `fill`, a mirror image of the border, or the border")
+    fill: float = Field(0.0, description="the value of constant padding")
+
+
+class HFlipOp(Strict):
+    """Mirror the example left-right with probability p."""
+
+    op: Literal["hflip"]
+    p: float = Field(0.5, ge=0, le=1, description="probability of a flip")
+
+
+class RandomResizedCropOp(Strict):
+    """Crop a random area and aspect ratio, resized back to the input size (bilinear), as for ImageNet."""
+
+    op: Literal["random_resized_crop"]
+    scale: tuple[float, float] = Field((0.08, 1.0), description="range of the crop's area, as a share of the image")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the crop's aspect ratio (width/height)")
+
+
+class NormalizeOp(Strict):
+    """Subtract a mean and divide by a standard deviation per channel; also applied to evaluation data."""
+
+    op: Literal["normalize"]
+    mean: list[float] = Field(..., min_length=1, description="one value per channel")
+    std: list[float] = Field(..., min_length=1, description="one value per channel (each > 0)")
+
+
+class RandAugmentOp(Strict):
+    """torchvision's RandAugment (Cubuk et al. 2020) on images in [0, 1], seeded per example."""
+
+    op: Literal["randaugment"]
+    num_ops: int = Field(2, ge=1, description="operations applied to each image")
+    magnitude: int = Field(9, ge=0, description="their strength, out of num_magnitude_bins")
+    num_magnitude_bins: int = Field(31, ge=2)
+
+
+class AutoAugmentOp(Strict):
+    """torchvision's AutoAugment (Cubuk et al. 2019) policy on images in [0, 1], seeded per example."""
+
+    op: Literal["autoaugment"]
+    policy: Literal["imagenet", "cifar10", "svhn"] = "imagenet"
+
+
+class MixupOp(Strict):
+    """mixup (Zhang et al. 2018): each example mixed with the one before it in the batch; soft labels."""
+
+    op: Literal["mixup"]
+    alpha: float = Field(0.2, gt=0, description="the mixing weight is drawn from Beta(alpha, alpha) per batch")
+
+
+class CutMixOp(Strict):
+    """CutMix (Yun et al. 2019): a random box of the previous example in the batch pasted in; soft labels."""
+
+    op: Literal["cutmix"]
+    alpha: float = Field(1.0, gt=0, description="the kept area is drawn from Beta(alpha, alpha) per batch")
+
+
+#: one augmentation step of ``data.augment``, picked by its ``op`` key
+AugmentOp = Annotated[Union[RandomCropOp, HFlipOp, RandomResizedCropOp, NormalizeOp, RandAugmentOp, AutoAugmentOp,
+                            MixupOp, CutMixOp], Field(discriminator="op")]
+#: ops that mix the examples of a batch (they come last and change the labels)
+BATCH_OPS = ("mixup", "cutmix")
+
+
+class LoaderConfig(Strict):
+    """How streamed splits are read (torch.utils.data.DataLoader); in-memory splits do not use it."""
+
+    workers: int = Field(2, ge=0, description="loader worker processes (0: read in the training process)")
+    pin_memory: bool | None = Field(None, description="page-locked batches for non-blocking copies to the GPU "
+                                                      "(default: on when the run's device is CUDA)")
+    prefetch_factor: int = Field(2, ge=1, description="batches each worker reads ahead")
+
+
 class DataConfig(ComponentConfig):
     seed: int = Field(0, description="seed of the data split (kept fixed across trials)")
+    augment: list[AugmentOp] = Field(default_factory=list, description="augmentation of training batches, in order "
+                                     "(docs/images.md); empty: none")
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+
+    @field_validator("augment")
+    @classmethod
+    def _batch_ops_last(cls, ops: list[Any]) -> list[Any]:
+        names = [op.op for op in ops]
+        for i, name in enumerate(names):
+            if name in BATCH_OPS and any(n not in BATCH_OPS for n in names[i + 1:]):
+                raise ValueError(f"{name} mixes the examples of a batch: put it after the per-example ops")
+        if sum(n in BATCH_OPS for n in names) > 1:
+            raise ValueError("use one of mixup and cutmix, not both")
+        return ops
 
 
 class TeacherTrainingConfig(Strict):
@@ -44,6 +137,7 @@ class TeacherTrainingConfig(Strict):
     batch_size: int = Field(128, gt=0)
     seed: int = Field(0, description="the teacher's own seed, independent of the student's")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    augment: bool = Field(True, description="train the teacher with data.augment (as the KD papers' teachers are)")
 
 
 class InitConfig(Strict):
@@ -63,6 +157,12 @@ class TeacherConfig(ComponentConfig):
     training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
     init: InitConfig | None = Field(None, description="when kdlab trains the teacher: start it from a source model's "
                                                       "weights, optionally freezing modules (transfer learning)")
+    mode: Literal["live", "views"] = Field(
+        "live", description="under data.augment: `live` runs the teacher on each augmented batch; `views` replays "
+        "its outputs for `views` fixed augmented views per example, computed once (docs/images.md)")
+    views: int = Field(8, gt=0, description="views per training example, with mode: views")
+    topk: int | None = Field(None, gt=0, description="with mode: views, store only the top-k logits of each view "
+                                                     "(the rest share the remaining probability)")
 
 
 class StudentConfig(ComponentConfig):
@@ -80,7 +180,8 @@ class TrainingConfig(Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     use_transfer: bool = Field(True, description="train on the transfer split through the teacher's outputs")
     keep_best: bool = Field(True, description="restore the weights of the best validation epoch at the end")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = Field(False, description="models and image batches in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the student")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     eval_batch_size: int = Field(4096, gt=0)

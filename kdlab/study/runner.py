@@ -73,7 +73,8 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
     from kdlab.functional import accuracy
     from kdlab.lifecycle import RunOptions
     from kdlab.modes import run
-    from kdlab.teachers import get_teacher, teacher_outputs
+    from kdlab.teachers import get_teacher
+    from kdlab.teachers.outputs import prepare_outputs
     from kdlab.training import resolve_device
 
     loaded = lstudy.loaded
@@ -81,7 +82,7 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
     if loaded.config.teacher is not None:
         data = session.get_data(loaded)
         teacher = get_teacher(loaded, data, dev, session, track=loaded.config.tracking.enabled)
-        outputs = session.outputs[(teacher.fingerprint, str(dev))] = teacher_outputs(teacher, data, dev)
+        outputs = prepare_outputs(loaded, teacher, data, dev, session)  # and the cached views, if configured
         tm = {"teacher_test_accuracy": float(accuracy(outputs["test"], data.test.y.to(dev))),
               "teacher_val_accuracy": float(accuracy(outputs["val"], data.val.y.to(dev)))}
         study.set_user_attr(attrs.TEACHER, {**tm, "run_id": teacher.run_id, "fingerprint": teacher.fingerprint})

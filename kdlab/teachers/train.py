@@ -8,13 +8,15 @@ from typing import Any
 import torch
 
 from kdlab import __version__, batch
+from kdlab.augment import Augment
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.functional import accuracy, masked_cross_entropy
 from kdlab.lifecycle import tracked_run
+from kdlab.loading import Rows, head
 from kdlab.models import apply_init, build_model
 from kdlab.session import Session
 from kdlab.teachers.cache import store_teacher, teacher_cache_dir
-from kdlab.training import TrainSet, count_params, fit, predict, seed_everything
+from kdlab.training import TrainSet, count_params, fit, predict_split, seed_everything
 from kdlab.types import Data, Loss, LossInputs, LossOutput, RunInfo
 
 
@@ -22,9 +24,10 @@ class _LabelsOnly(Loss):
     """Cross-entropy on the labels: how a teacher is trained (no plugin needed for it)."""
 
     uses_teacher = False
+    uses_soft_labels = True
 
     def forward(self, inputs: LossInputs) -> LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return LossOutput(ce, {"ce": ce})
 
 
@@ -37,12 +40,25 @@ def teacher_params(loaded: LoadedConfig) -> dict[str, Any]:
 def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, fp: str, *,
                   track: bool) -> tuple[torch.nn.Module, str | None, dict[str, float]]:
     """Train the configured teacher; cache its weights under ``fp``. Returns the model, its MLflow run id (or
-    ``None``) and its metrics."""
+    ``None``) and its metrics.
+
+    The teacher is trained under ``data.augment`` (unless ``teacher.training.augment`` is false; its deterministic
+    ops always apply), with the run's speed switches (``training.precision``, ``channels_last``) and loader."""
     cfg = loaded.config.teacher
     tcfg = cfg.training
+    run = loaded.config.training
     comp, params = loaded.components["teacher"], loaded.params["teacher"]
     seed_everything(tcfg.seed)
     model = build_model(comp, params, data).to(device)
+    if run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ops = loaded.config.data.augment
+    if ops and not tcfg.augment:
+        ops = [op for op in ops if op.op == "normalize"]
+    augment = Augment(ops, data.num_classes) if ops else None
+    if augment is not None:
+        augment.check(head(data.train.x, 2))
+    evaluation = {"augment": augment, "loader": loaded.config.data.loader, "channels_last": run.channels_last}
     init_metrics = apply_init(cfg.init, model, "teacher")
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), name=f"teacher-{cfg.name}-{fp[:8]}",
                    epochs=tcfg.epochs)
@@ -50,13 +66,16 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     with tracked_run(info, tracker=session.tracker(loaded) if track else None, tags=tags,
                      params=flatten(teacher_params(loaded)), observers=session.observers,
                      flush_every_s=loaded.config.tracking.flush_every_s) as live:
-        train = TrainSet(batch.to(data.train.x, device), data.train.y.to(device))
+        if data.train.streamed:
+            train = TrainSet(Rows([data.train.x]), data.train.y)
+        else:
+            train = TrainSet(batch.to(data.train.x, device), data.train.y.to(device))
         result = fit(model, _LabelsOnly().to(device), train, data.val.to(device), optimizer=tcfg.optimizer,
                      epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                     keep_best=loaded.config.training.keep_best, eval_batch_size=loaded.config.training.eval_batch_size,
-                     on_epoch=live.epoch)
-        test_logits, _ = predict(model, batch.to(data.test.x, device))
-        val_logits, _ = predict(model, batch.to(data.val.x, device))
+                     keep_best=run.keep_best, eval_batch_size=run.eval_batch_size, on_epoch=live.epoch,
+                     precision=run.precision, **evaluation)
+        test_logits = predict_split(model, data.test.x, device, run.eval_batch_size, **evaluation)
+        val_logits = predict_split(model, data.val.x, device, run.eval_batch_size, **evaluation)
         metrics = {
             "teacher_test_accuracy": float(accuracy(test_logits, data.test.y.to(device))),
             "teacher_val_accuracy": float(accuracy(val_logits, data.val.y.to(device))),
@@ -74,7 +93,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
             tracked.log_artifact(path, "teacher")
             if loaded.config.tracking.log_model:
-                tracked.log_model(model, "teacher", batch.index(data.train.x, slice(0, 8)))
+                tracked.log_model(model, "teacher", head(data.train.x, 8))
                 model.to(device)
     return model, info.run_id, metrics
 

@@ -62,6 +62,8 @@ class FitNet(kdlab.Loss):
     benchmark, rather than the paper's two stages. The adapter is created in :meth:`setup` from the two layers'
     shapes and trained with the student."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: FitNetParams):
         super().__init__()
         self.beta = params.beta
@@ -78,7 +80,7 @@ class FitNet(kdlab.Loss):
         f_s = inputs.student_features[self.student_layers[0]]
         f_t = inputs.teacher_features[self.teacher_layers[0]].float()
         hint = F.mse_loss(self.adapter(f_s.float()), f_t)
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce + self.beta * hint, terms={"ce": ce, "hint": hint})
 
 
@@ -120,6 +122,8 @@ class AttentionTransfer(kdlab.Loss):
     :func:`attention_map`); as unit order is arbitrary, this only asks groups of units to carry the teacher's
     spatial energy profile - a heuristic outside the paper's conv setting."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: ATParams):
         super().__init__()
         self.p = params
@@ -144,5 +148,5 @@ class AttentionTransfer(kdlab.Loss):
                 qs = F.normalize(F.adaptive_avg_pool1d(qs.unsqueeze(1), n).squeeze(1), dim=1)
                 qt = F.normalize(F.adaptive_avg_pool1d(qt.unsqueeze(1), n).squeeze(1), dim=1)
             at = at + (qs - qt).pow(2).mean()
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce + self.p.beta / 2 * at, terms={"ce": ce, "at": at})

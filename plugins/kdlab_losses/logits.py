@@ -17,13 +17,15 @@ class CEParams(BaseModel):
 class CrossEntropy(kdlab.Loss):
     """Cross-entropy on the true labels only: the student trained without a teacher (the no-distillation baseline)."""
 
+    uses_soft_labels = True
+
     uses_teacher = False
 
     def __init__(self, params: CEParams | None = None):
         super().__init__()
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce, terms={"ce": ce})
 
 
@@ -38,13 +40,15 @@ class HintonKD(kdlab.Loss):
     """Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network":
     ``(1-alpha)*CE(y, s) + alpha*T^2*KL(softmax(t/T) || softmax(s/T))``. Unlabeled rows get the soft term only."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: KDParams):
         super().__init__()
         self.temperature = params.temperature
         self.alpha = params.alpha
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         kd = soft_kl(inputs.student_logits, inputs.teacher_logits, self.temperature)
         total = (1 - self.alpha) * ce + self.alpha * kd
         return kdlab.LossOutput(total=total, terms={"ce": ce, "kd": kd})
@@ -62,12 +66,14 @@ class HardKD(kdlab.Loss):
     through attention", DeiT): the teacher's argmax is a pseudo-label,
     ``(1-alpha)*CE(y, s) + alpha*CE(argmax t, s)``. Unlabeled rows get the pseudo-label term only."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: HardParams):
         super().__init__()
         self.alpha = params.alpha
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         hard = F.cross_entropy(inputs.student_logits, inputs.teacher_logits.argmax(1))
         total = (1 - self.alpha) * ce + self.alpha * hard
         return kdlab.LossOutput(total=total, terms={"ce": ce, "hard": hard})
@@ -86,6 +92,8 @@ class LabelSmoothing(kdlab.Loss):
     gain from a mere regularisation gain (Yuan et al. 2020, "Revisiting Knowledge Distillation via Label Smoothing
     Regularization")."""
 
+    uses_soft_labels = True
+
     uses_teacher = False
 
     def __init__(self, params: LSParams):
@@ -93,7 +101,8 @@ class LabelSmoothing(kdlab.Loss):
         self.epsilon = params.epsilon
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=self.epsilon)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=self.epsilon,
+                                  soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce, terms={"ce": ce})
 
 

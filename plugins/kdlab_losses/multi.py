@@ -57,6 +57,8 @@ class MultiTeacherKD(kdlab.Loss):
     outputs are cached as usual; the extra teachers (built in :meth:`setup`, trained once and reused across runs)
     run on each batch."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: MultiParams):
         super().__init__()
         self.p = params
@@ -76,6 +78,6 @@ class MultiTeacherKD(kdlab.Loss):
         t = self.p.temperature
         log_ps = F.log_softmax(inputs.student_logits / t, 1)
         kd = F.kl_div(log_ps, target, reduction="batchmean") * t * t
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         total = (1 - self.p.alpha) * ce + self.p.alpha * kd
         return kdlab.LossOutput(total=total, terms={"ce": ce, "kd": kd})

@@ -19,6 +19,8 @@ _LAYER = ("dotted module path of the {} embedding layer (its output is flattened
 
 
 class _RelationLoss(kdlab.Loss):
+    uses_soft_labels = True
+
     def __init__(self, student_layer: str | None, teacher_layer: str | None):
         super().__init__()
         self.s_layer, self.t_layer = student_layer, teacher_layer
@@ -84,7 +86,7 @@ class RKD(_RelationLoss):
             td, ta = pairwise_distances(t), triplet_angles(t)
         dist = F.smooth_l1_loss(pairwise_distances(s), td)
         angle = F.smooth_l1_loss(triplet_angles(s), ta)
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         total = ce + self.p.distance_weight * dist + self.p.angle_weight * angle
         return kdlab.LossOutput(total=total, terms={"ce": ce, "rkd_distance": dist, "rkd_angle": angle})
 
@@ -119,5 +121,5 @@ class PKT(_RelationLoss):
         eps = 1e-7
         ps, pt = cosine_affinity(s), cosine_affinity(t).detach()
         pkt = (pt * torch.log((pt + eps) / (ps + eps))).sum(1).mean()
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce + self.beta * pkt, terms={"ce": ce, "pkt": pkt})
