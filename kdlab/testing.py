@@ -116,7 +116,11 @@ def check_data(component: Component, example: dict[str, Any] | None = None, *, s
     """The factory builds a :class:`kdlab.Data`: labelled train/val/test splits (and an optional unlabeled
     transfer split) whose inputs are one tensor or a dict of named tensors — float32 features (finite) or int64 ids
     — with the same form, names, per-example shapes and dtypes in every split, int64 labels in
-    ``[0, num_classes)``, and the same tensors when built again with the same params and seed."""
+    ``[0, num_classes)``, and the same tensors when built again with the same params and seed.
+
+    A streamed split (inputs a map-style dataset) is checked on a few of its examples (the first, a middle one and
+    the last): each a tensor or dict of tensors without the batch dimension, of the form above; its labels are a
+    tensor known up front; the dataset pickles (DataLoader workers may be started by spawning)."""
     import torch
 
     from kdlab import batch
@@ -135,7 +139,8 @@ def check_data(component: Component, example: dict[str, Any] | None = None, *, s
         where = f"split {split_name!r}"
         if not isinstance(split, Split):
             raise _fail(component, f"{where} is {type(split).__name__}, expected kdlab.Split")
-        form = _check_inputs(component, where, split.x, form)
+        x = _streamed_sample(component, where, split.x) if split.streamed else split.x
+        form = _check_inputs(component, where, x, form)
         if len(split) == 0:
             raise _fail(component, f"{where} is empty")
         if split_name == "transfer":
@@ -152,13 +157,61 @@ def check_data(component: Component, example: dict[str, Any] | None = None, *, s
     again = component.build(_params(component, example), seed=seed)
     for split_name, split in data.splits().items():
         other = again.splits().get(split_name)
-        same = other is not None and batch.equal(split.x, other.x) and (
+        same = other is not None and split.streamed == other.streamed and len(split) == len(other) and (
             (split.y is None and other.y is None) or (split.y is not None and other.y is not None
                                                       and torch.equal(split.y, other.y)))
+        if same and split.streamed:
+            rows = _sample_rows(len(split))
+            same = all(batch.equal(_as_batch(split.x[i]), _as_batch(other.x[i])) for i in rows)
+        elif same:
+            same = batch.equal(split.x, other.x)
         if not same:
             raise _fail(component, f"split {split_name!r} differs between two builds with seed={seed}: "
                                    "seed every random number generator you use")
     return data
+
+
+def _sample_rows(n: int) -> list[int]:
+    return sorted({0, n // 2, max(n - 1, 0)})
+
+
+def _as_batch(example: Any) -> Any:
+    return example.unsqueeze(0) if not isinstance(example, dict) else {k: v.unsqueeze(0) for k, v in example.items()}
+
+
+def _streamed_sample(component: Component, where: str, x: Any) -> Any:
+    """A few examples of a streamed split stacked into a batch, after checking the dataset's protocol."""
+    import pickle
+
+    import torch
+
+    if not (hasattr(x, "__len__") and hasattr(x, "__getitem__")):
+        raise _fail(component, f"{where}: x must be a tensor, a dict of named tensors, or a map-style dataset "
+                               f"(len(x), x[i]), got {type(x).__name__}")
+    rows = _sample_rows(len(x))
+    examples = []
+    for i in rows:
+        try:
+            ex = x[i]
+        except Exception as exc:  # noqa: BLE001 - the plugin's dataset raised: say where
+            raise _fail(component, f"{where}: reading example {i} raised {type(exc).__name__}: {exc}") from exc
+        if not (isinstance(ex, torch.Tensor) or (isinstance(ex, dict) and ex and all(
+                isinstance(v, torch.Tensor) for v in ex.values()))):
+            raise _fail(component, f"{where}: example {i} is {type(ex).__name__}, expected a tensor or a dict of "
+                                   "tensors (one example, without the batch dimension)")
+        examples.append(ex)
+    try:
+        from kdlab.loading import stack
+
+        sample = stack(examples)
+    except RuntimeError as exc:
+        raise _fail(component, f"{where}: examples {rows} differ in shape ({exc})") from None
+    try:
+        pickle.dumps(x)
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(component, f"{where}: the dataset does not pickle ({type(exc).__name__}: {exc}); DataLoader "
+                               "workers started by spawning need it to") from None
+    return sample
 
 
 def _check_inputs(component: Component, where: str, x: Any, form: Any) -> Any:
