@@ -183,7 +183,8 @@ def make_imagefolder(params: ImageFolderParams, *, seed: int) -> kdlab.Data:
     else:
         arrays = np.stack([_read(path, params.size, params.mode) for path, _ in items])
         x = torch.from_numpy(arrays).float().div_(255.0)
-        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # (N, C, H, W)
+        # (N, C, H, W), contiguous: a batch laid out otherwise (channels last) is computed in another order
+        x = x.permute(0, 3, 1, 2).contiguous() if x.ndim == 4 else x.unsqueeze(1)
         splits = {k: kdlab.Split(x[idx], y[idx]) for k, idx in order.items()}
         if params.normalize:
             stats = _Stats()
