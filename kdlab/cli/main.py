@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["data", "teacher", "student", "loss"], help="component kind (with `show`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("layers", help="the configured model's modules: dotted paths, output shapes, parameters "
+                       "(for the layers feature-based losses name)")
+    p.add_argument("file", help="run config (YAML)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--student", action="store_true", help="the student (the default)")
+    which.add_argument("--teacher", action="store_true", help="the teacher")
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("study", help="search distillation hyperparameters with Optuna; `study show FILE` summarises")
     p.add_argument("target", nargs="+", metavar="[show] FILE", help="study file, or `show FILE`")
     _add_overrides(p)
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             from kdlab.cli.run import main as command
         elif args.command == "plugins":
             from kdlab.cli.plugins import main as command
+        elif args.command == "layers":
+            from kdlab.cli.layers import main as command
         else:
             from kdlab.cli.study import main as command
         return command(args)
