@@ -25,6 +25,9 @@ DOC = ROOT / "docs" / "config.md"
 NOTES: dict[str, str] = {
     "data": "the data source: a registered data component and its params",
     "data.name": "data component, e.g. `digits`, `mnist1d`, `cifar10`, `imagefolder` (`kdlab plugins` lists them)",
+    "data.augment": "augmentation of training batches: a list of ops applied in order, each `{op: NAME, ...}` "
+                    "([below](#augmentation-ops-dataaugment); [images.md](images.md)); empty: none",
+    "data.loader": "how streamed splits are read (a DataLoader); in-memory splits do not use it",
     "teacher": "the teacher: trained by kdlab (once, then reused), or loaded from `checkpoint` or `mlflow_uri`; "
                "leave it out for a loss that needs no teacher (`ce`)",
     "teacher.name": "teacher architecture, e.g. `mlp`, `cnn2d`, `resnet20`, `torchvision` ([models.md](models.md))",
@@ -48,7 +51,8 @@ NOTES: dict[str, str] = {
     "training.batch_size": "student training batch size (rows of train + transfer per step)",
     "training.seed": "seed of the student's initialisation and batch order; the same seed gives the same "
                      "metrics on CPU",
-    "training.precision": "bf16 runs forward passes under bfloat16 autocast",
+    "training.precision": "fp32; bf16: forward passes under bfloat16 autocast; fp16: float16 autocast and a "
+                          "gradient scaler (CUDA; runs on the CPU too)",
     "training.eval_batch_size": "batch size of evaluation and of computing teacher outputs",
     "tracking": "MLflow tracking",
     "tracking.enabled": "record the run in MLflow (`kdlab run --no-track` sets false)",
@@ -57,6 +61,8 @@ NOTES: dict[str, str] = {
     "study": "a study's search space, objectives, sampler, pruner, budget, storage and devices: see "
              "[studies.md](studies.md); `kdlab run` ignores it",
 }
+#: types shown instead of the schema's, by key
+TYPES = {"data.augment": "list of ops"}
 #: sections that reuse another section's model, documented by the same notes
 ALIASES = {"teacher.training.optimizer.": "optimizer."}
 PARAMS_NOTE = "the component's params, validated by the params model its plugin registered"
@@ -98,7 +104,7 @@ def rows(fields: list[FieldDoc], prefix: str = "", notes: dict[str, str] | None 
         meaning = notes.get(key) or f.description or notes.get(alias, "")
         if f.name == "params" and not meaning:
             meaning = PARAMS_NOTE
-        typ = ("section" if f.is_section else f.type.replace("|", "\\|")) + (
+        typ = ("section" if f.is_section else TYPES.get(key, f.type).replace("|", "\\|")) + (
             f" ({f.constraints})" if f.constraints else "")
         out.append((f"`{key}`", typ, default_text(f), meaning))
         if f.children and prefix.count(".") < 4:
@@ -148,6 +154,28 @@ def epoch_metric_names() -> list[str]:
     result = fit(torch.nn.Linear(2, 2), CE(), TrainSet(x, y), Split(x, y), optimizer=OptimizerConfig(), epochs=1,
                  batch_size=4, seed=0, device=torch.device("cpu"))
     return ["train_<term>" if k == "train_ce" else k for k in result.history[0]]
+
+
+def augment_ops() -> list[str]:
+    """A table per op of ``data.augment``, from the op models of kdlab/config/models.py."""
+    import typing
+
+    from kdlab.config import AugmentOp
+
+    union = typing.get_args(AugmentOp)[0]
+    lines = ["### Augmentation ops (`data.augment`)", "",
+             "Each item of `data.augment` is one op, picked by its `op` key, with the keys below; the ops apply in",
+             "order to floating-point inputs with spatial dimensions (images, signals; integer inputs pass through),",
+             "each example with its own seeded choice. `normalize` also applies to evaluation data; `mixup` and",
+             "`cutmix` come last. [images.md](images.md) explains the recipes and the teacher under augmentation.",
+             ""]
+    for model in typing.get_args(union):
+        fields = [f for f in describe(model) if f.name != "op"]
+        name = model.model_fields["op"].annotation.__args__[0]
+        lines += [f"#### `{name}`", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+        body = rows(fields, "", notes={})
+        lines += (table(("key", "type", "default", "meaning"), body) if body else ["No keys."]) + [""]
+    return lines
 
 
 def render() -> str:
@@ -203,6 +231,7 @@ def render() -> str:
         lines += [f"{meaning[0].upper() + meaning[1:] if meaning else name} ({req}).", ""]
         if f.children:
             lines += table(header, rows(f.children, f"{name}.")) + [""]
+    lines += augment_ops()
     lines += ["## Component params", "",
               "Params of the first-party data sources (`data.params`) and architectures (`teacher.params`,",
               "`student.params`: every architecture serves as teacher and as student; [models.md](models.md)",

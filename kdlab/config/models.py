@@ -74,14 +74,15 @@ class RandAugmentOp(Strict):
     op: Literal["randaugment"]
     num_ops: int = Field(2, ge=1, description="operations applied to each image")
     magnitude: int = Field(9, ge=0, description="their strength, out of num_magnitude_bins")
-    num_magnitude_bins: int = Field(31, ge=2)
+    num_magnitude_bins: int = Field(31, ge=2, description="the number of strengths")
 
 
 class AutoAugmentOp(Strict):
     """torchvision's AutoAugment (Cubuk et al. 2019) policy on images in [0, 1], seeded per example."""
 
     op: Literal["autoaugment"]
-    policy: Literal["imagenet", "cifar10", "svhn"] = "imagenet"
+    policy: Literal["imagenet", "cifar10", "svhn"] = Field("imagenet", description="the policy learned on this "
+                                                                                   "dataset")
 
 
 class MixupOp(Strict):
