@@ -155,8 +155,9 @@ class Loss(nn.Module):
     Class attributes tell the engine what the loss needs:
 
     * ``uses_teacher`` — the loss reads ``teacher_logits``/``teacher_features`` (``False`` for ``ce``).
-    * ``live_teacher`` — teacher outputs must be computed every step (online methods, random augmentation);
-      otherwise they are computed once over the training data and cached.
+    * ``live_teacher`` — teacher outputs must be computed every step (online methods); otherwise they are computed
+      once over the training data and cached (under random ``data.augment``: live or replayed views, as
+      ``teacher.mode`` says).
     * ``student_layers`` / ``teacher_layers`` — dotted module paths whose outputs are captured with forward hooks.
       Set them on the instance (from params) in ``__init__``.
     * ``uses_soft_labels`` — the loss reads ``LossInputs.soft_labels`` where it reads labels, so it may train under
