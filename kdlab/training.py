@@ -98,6 +98,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: in
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
     return None
 
 

@@ -157,3 +157,16 @@ def test_speed_switches_on_cuda(write_config, precision):
                             "data.augment": [{"op": "random_crop", "padding": 1}, {"op": "hflip"}]})
     result = run(load_config(write_config(cfg)), session=Session())
     assert result.metrics["teacher_test_accuracy"] > 0.3
+
+
+def test_multistep_schedule_decays_after_each_milestone():
+    from kdlab.training import build_scheduler
+
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = build_scheduler(opt, OptimizerConfig(name="sgd", lr=1.0, scheduler="multistep", milestones=[2, 4]), 6)
+    rates = []
+    for _ in range(6):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])

@@ -19,10 +19,12 @@ class OptimizerConfig(Strict):
     lr: float = Field(1e-3, gt=0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
-    scheduler: Literal["none", "cosine", "step", "onecycle"] = Field(
-        "none", description="learning-rate schedule: cosine/step per epoch, onecycle per step (peak at lr)")
+    scheduler: Literal["none", "cosine", "step", "multistep", "onecycle"] = Field(
+        "none", description="learning-rate schedule: cosine/step/multistep per epoch, onecycle per step (peak at lr)")
     step_size: int = Field(30, gt=0, description="epochs between decays, for scheduler: step")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, for scheduler: step")
+    milestones: list[int] = Field(default_factory=list, description="epochs after which the rate decays, for "
+                                                                    "scheduler: multistep (CRD: [150, 180, 210])")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, for scheduler: step and multistep")
 
 
 class ComponentConfig(Strict):
