@@ -171,6 +171,13 @@ def check_data(component: Component, example: dict[str, Any] | None = None, *, s
     return data
 
 
+def _first_rows(data: Data, n: int) -> Any:
+    """The first ``n`` training rows as a batch (read from the dataset of a streamed split)."""
+    from kdlab.loading import head
+
+    return head(data.train.x, n)
+
+
 def _sample_rows(n: int) -> list[int]:
     return sorted({0, n // 2, max(n - 1, 0)})
 
@@ -277,7 +284,7 @@ def check_model(component: Component, example: dict[str, Any] | None = None, *,
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise _fail(component, "the model has no trainable parameters")
-    x = batch.index(data.train.x, slice(0, batch_size)) if data is not None else \
+    x = _first_rows(data, batch_size) if data is not None else \
         torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
     model.train()
     out = batch.forward(model, x)
@@ -364,8 +371,8 @@ def check_loss(component: Component, example: dict[str, Any] | None = None, *,
     if data is not None:
         input_shape, num_classes = data.input_shape, data.num_classes
         batch_size = min(batch_size, len(data.train))
-        x = batch.index(data.train.x, slice(0, batch_size))
-        ids = [t for t in batch.tensors(data.train.x).values() if not t.is_floating_point()]
+        x = _first_rows(data, batch_size)
+        ids = [t for t in batch.tensors(x).values() if not t.is_floating_point()]
         vocab = int(data.metadata.get("vocab_size") or (max(int(t.max()) for t in ids) + 1 if ids else 0))
     else:
         x = torch.randn(batch_size, *input_shape)

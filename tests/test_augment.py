@@ -194,6 +194,9 @@ def test_augment_config_errors(write_config):
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tiny_digits_config(**{"data.augment": [{"op": "rotate"}]})))
     assert "data.augment.0" in str(info.value) and "random_crop" in str(info.value)
+    views = tiny_digits_config(**{"data.augment": [{"op": "hflip"}, {"op": "cutmix"}], "teacher.mode": "views"})
+    with pytest.raises(ConfigError, match="teacher.mode: views cannot replay cutmix"):
+        load_config(write_config(views))
     with pytest.raises(ConfigError, match="data.augment.0.random_crop.padding"):
         load_config(write_config(tiny_digits_config(**{"data.augment": [{"op": "random_crop", "padding": -1}]})))
 

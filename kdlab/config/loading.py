@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kdlab.config.dotted import set_dotted
-from kdlab.config.models import RunConfig
+from kdlab.config.models import BATCH_OPS, RunConfig
 from kdlab.config.problems import problems_from_validation
 from kdlab.config.source import Source, dump_yaml
 from kdlab.errors import ConfigError, PluginError, Problem
@@ -88,6 +88,12 @@ def load_config(path_or_source: str | Path | Source, *, registry: Registry,
         if cfg.teacher is None:
             problems.append(Problem("assistant", "a teacher assistant needs a `teacher:` section to distil from",
                                     cfg.assistant.name, line=source.line_of(("assistant",))))
+    if cfg.teacher is not None and cfg.teacher.mode == "views":
+        mixing = [op.op for op in cfg.data.augment if op.op in BATCH_OPS]
+        if mixing:
+            problems.append(Problem("teacher.mode", f"views cannot replay {mixing[0]} (it mixes the examples of each "
+                                    "batch, which cached views cannot know): use teacher.mode: live", "views",
+                                    line=source.line_of(("teacher", "mode"))))
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both",
                                 cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))

@@ -91,6 +91,13 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(options.device or tcfg.device)
     data: Data = session.get_data(loaded)
+    if data.streamed:
+        raise KdlabError(f"{loaded.name}: continual: learning tasks in sequence needs the data in memory (data "
+                         f"{cfg.data.name!r} is streamed: leave out its stream option)")
+    if cfg.data.augment:
+        raise KdlabError(f"{loaded.name}: continual: runs that learn tasks in sequence do not augment their data "
+                         "(Learning without Forgetting reads the old model's outputs on fixed inputs): leave out "
+                         "data.augment")
     tasks = data.tasks
     if not tasks or len(tasks) < 2:
         raise KdlabError(f"{loaded.name}: continual: data {cfg.data.name!r} defines no sequence of tasks "

@@ -9,7 +9,6 @@ from typing import Any
 
 import yaml
 
-from kdlab import batch
 from kdlab.config import flatten, load_config
 from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, trial_overrides
@@ -85,6 +84,7 @@ def finalize(study, lstudy: LoadedStudy, tracker: Tracker, parent: TrackedRun, s
 
 def log_best_model(study, lstudy: LoadedStudy, tracker: Tracker, best: dict[str, Any]) -> None:
     """Log the best trial's student (from its state_dict artifact) with ``mlflow.pytorch.log_model``."""
+    from kdlab.loading import head
     from kdlab.models import build_model
     from kdlab.session import Session
     from kdlab.weights import load_state_dict_file, load_weights
@@ -104,7 +104,7 @@ def log_best_model(study, lstudy: LoadedStudy, tracker: Tracker, best: dict[str,
     local = tracker.download(run_id, "student/state_dict.pt")
     load_weights(model, load_state_dict_file(local, "best trial"), key="best trial", value=run_id)
     run = tracker.run(run_id)
-    run.log_model(model, "student", batch.index(data.train.x, slice(0, 8)))
+    run.log_model(model, "student", head(data.train.x, 8))
     run.set_tags({"kdlab.best": "true"})
 
 
