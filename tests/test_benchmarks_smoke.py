@@ -39,12 +39,23 @@ def bench_env(shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
     return common
 
 
-@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup"])
+@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup", "images", "views", "zoo_kd"])
 def test_quick_run(name: str, bench_env, capsys: pytest.CaptureFixture):
     assert _load(name).main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "| side |" in out or "| phase" in out or "| switch |" in out or "| command |" in out
+    assert any(head in out for head in ("| side |", "| phase", "| switch |", "| command |", "| teacher |",
+                                        "| recipe |"))
     assert "Machine:" in out
+
+
+def test_memory_parts(bench_env, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The memory benchmark's child run (one per data size and form, in its own process there) on a tiny folder."""
+    bench = _load("memory")
+    images = _load("images")
+    root = images.make_images(tmp_path / "images", 10, 3, 32)
+    bench.child(str(root), True)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["peak_mib"] > 0 and 0 <= out["test_accuracy"] <= 1
 
 
 def test_study_speed_parts(bench_env, tmp_path: Path):
