@@ -24,6 +24,7 @@ from kdlab.session import Session
 from kdlab.training import predict, resolve_device
 from kdlab.weights import state_dict_cpu
 
+
 def run_born_again(loaded: LoadedConfig, options: RunOptions, session: Session) -> RunResult:
     cfg, ban = loaded.config, loaded.config.born_again
     arch = {"name": cfg.student.name, "params": cfg.student.params}
