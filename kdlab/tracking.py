@@ -125,6 +125,15 @@ class Tracker:
             flt += f" and attributes.status = '{status}'"
         return [r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id], filter_string=flt)]
 
+    def find_runs(self, tags: dict[str, str], name: str | None = None) -> list[str]:
+        """Ids of this experiment's runs with all of ``tags`` (and run name ``name``), newest first."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        if name is not None:
+            flt = f"{flt} and attributes.run_name = '{name}'" if flt else f"attributes.run_name = '{name}'"
+        runs = _retry(self.client.search_runs, [self.experiment_id], filter_string=flt,
+                      order_by=["attributes.start_time DESC"])
+        return [r.info.run_id for r in runs]
+
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
         return _retry(self.client.list_artifacts, run_id, path)
 

@@ -47,6 +47,8 @@ class FitResult:
     best_val_accuracy: float
     history: list[dict[str, float]]
     train_time_s: float
+    #: the last epoch's weights when the model was given back with an earlier (best) epoch's, else None
+    last_state: dict[str, Tensor] | None = None
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -233,10 +235,12 @@ def fit(
             s_capture.close()
         if t_capture:
             t_capture.close()
+    last_state = None
     if keep_best and best_state is not None:
+        last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start)
+    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start, last_state)
 
 
 def count_params(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from kdlab.suggest import did_you_mean
 #: config sections that name a component, and the component kind each names
 COMPONENT_KINDS = {"data": "data", "teacher": "teacher", "student": "student", "loss": "loss"}
 #: sections of a run config that describe a chain or a schedule, not one run; dropped from derived configs
-COMPOUND_SECTIONS = ("study", "assistant", "continual", "born_again")
+COMPOUND_SECTIONS = ("study", "compare", "assistant", "continual", "born_again")
 
 
 class LoadedConfig:

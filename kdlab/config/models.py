@@ -139,6 +139,8 @@ class RunConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     study: dict[str, Any] | None = Field(None, description="study settings, read by `kdlab study`")
+    compare: dict[str, Any] | None = Field(None, description="a comparison of methods, read by `kdlab compare` "
+                                                             "(docs/compare.md)")
     assistant: AssistantConfig | None = Field(None, description="distil through a teacher assistant "
                                                                 "(kdlab.modes.assistant)")
     continual: ContinualConfig | None = Field(None, description="learn the data's tasks in sequence "
