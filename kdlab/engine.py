@@ -350,6 +350,7 @@ def run(loaded: LoadedConfig, options: RunOptions | None = None, session: Sessio
         num_classes=data.num_classes, device=device, build_model=_model_builder(data, device),
         student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
         build_teacher=teacher_builder(loaded, data, device, session, track=track, reporter=reporter),
+        num_examples=len(train),
     ))
     loss.to(device)
     fit_model = torch.compile(student) if tcfg.compile else student

@@ -274,7 +274,7 @@ def check_loss(component: Component, example: dict[str, Any] | None = None, *,
     loss.setup(LossSetup(student=student, teacher=teacher if loss.uses_teacher else None, input_shape=input_shape,
                          num_classes=num_classes, device=torch.device("cpu"), build_model=build_model,
                          student_config={"name": "kdlab-testing-tiny", "params": {}}, example_x=x,
-                         build_teacher=build_teacher))
+                         build_teacher=build_teacher, num_examples=batch_size))
     labels = torch.arange(batch_size) % num_classes
     for name, y in (("labelled", labels), ("partly unlabeled", torch.where(labels % 2 == 0, labels, UNLABELED))):
         student.zero_grad(set_to_none=True)
@@ -285,7 +285,8 @@ def check_loss(component: Component, example: dict[str, Any] | None = None, *,
             with torch.no_grad():
                 t_logits = teacher(x) if loss.uses_teacher else None
             inputs = LossInputs(x=x, labels=y, student_logits=s_logits, teacher_logits=t_logits,
-                                student_features=s_cap.take(), teacher_features=t_cap.take(), epoch=1, epochs=2)
+                                student_features=s_cap.take(), teacher_features=t_cap.take(), epoch=1, epochs=2,
+                                index=torch.arange(batch_size))
         finally:
             s_cap.close()
             t_cap.close()

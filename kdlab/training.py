@@ -224,7 +224,7 @@ def fit(
                     out = loss_fn(LossInputs(
                         x=xb, labels=yb, student_logits=logits.float(), teacher_logits=tb,
                         student_features=s_capture.take() if s_capture else {}, teacher_features=tfeat,
-                        epoch=epoch, epochs=epochs,
+                        epoch=epoch, epochs=epochs, index=perm[i : i + batch_size],
                     ))
                 for p in params:  # opt.zero_grad(set_to_none=True) without its per-call profiler/dynamo wrappers
                     p.grad = None

@@ -65,7 +65,9 @@ class LossInputs:
 
     ``labels`` holds :data:`UNLABELED` (-1) for rows without a label (transfer rows); ``teacher_logits`` is ``None``
     when the loss declares ``uses_teacher = False``. Feature dicts hold the outputs of the modules named in the
-    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names.
+    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names. ``index`` holds each row's position in
+    the training rows (int64; train rows first, then transfer rows; stable across epochs), for losses that keep
+    per-example state such as a memory bank; ``None`` where the caller has no such positions.
     """
 
     x: Tensor
@@ -76,6 +78,7 @@ class LossInputs:
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     epoch: int = 1
     epochs: int = 1
+    index: Tensor | None = None
 
     @property
     def labeled(self) -> Tensor:
@@ -109,6 +112,8 @@ class LossSetup:
     #: ``teacher:`` section (``{name, params, checkpoint | mlflow_uri | training}``); it is loaded, or trained and
     #: tracked once and reused, exactly as the configured teacher is.
     build_teacher: Callable[[dict[str, Any]], nn.Module] | None = None
+    #: the number of training rows (train then transfer rows), the range of :attr:`LossInputs.index`; 0: unknown
+    num_examples: int = 0
 
 
 class Loss(nn.Module):
