@@ -1,10 +1,292 @@
-"""kdlab_losses beyond its first methods: RKD's fast angle term against the implementation it replaced."""
+"""The methods added to kdlab_losses after the first dozen: each against a value computed by hand on tiny tensors
+(plain Python or plain torch, not the loss's own helpers); gradients reach the student and the loss's own
+parameters; a short real run on digits; RKD's fast angle term against the implementation it replaced."""
 
 from __future__ import annotations
+
+import math
+import statistics
 
 import pytest
 import torch
 
+import kdlab
+from conftest import tiny_digits_config
+from kdlab.config import Source, dump_yaml, load_config
+from kdlab.plugins import get_registry
+
+S = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [0.5, 0.5, -1.0]]
+T = [[2.0, 1.0, 0.0], [1.0, 0.0, 2.0], [-1.0, 1.5, 0.0]]
+Y = [1, 2, 0]
+
+
+def softmax(row, t=1.0):
+    e = [math.exp(v / t) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def ce_of(s=S, y=Y):
+    return mean([-math.log(softmax(r)[k]) for r, k in zip(s, y) if k != -1])
+
+
+def build(name: str, **params) -> kdlab.Loss:
+    comp = get_registry().get("loss", name)
+    return comp.build(comp.validate_params(params))
+
+
+def inputs(s=S, t=T, y=Y, **kw) -> kdlab.LossInputs:
+    return kdlab.LossInputs(x=torch.zeros(len(s), 1), labels=torch.tensor(y), student_logits=torch.tensor(s),
+                            teacher_logits=None if t is None else torch.tensor(t), **kw)
+
+
+def approx(tensor, value, rel=1e-5):
+    return float(tensor) == pytest.approx(value, rel=rel, abs=1e-7)
+
+
+def _setup(loss, student, teacher, x, n=0):
+    loss.setup(kdlab.LossSetup(student=student, teacher=teacher, input_shape=tuple(x.shape[1:]), num_classes=3,
+                               device=torch.device("cpu"), build_model=None, example_x=x, num_examples=n))
+    return loss
+
+
+# -- logit methods -------------------------------------------------------------------------------------------------
+
+
+def pearson(a, b):
+    ma, mb = mean(a), mean(b)
+    num = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return num / (math.sqrt(sum((x - ma) ** 2 for x in a)) * math.sqrt(sum((y - mb) ** 2 for y in b)))
+
+
+def test_dist_inter_and_intra_class_correlations_by_hand():
+    out = build("dist", beta=2.0, gamma=0.5, tau=2.0)(inputs())
+    ps, pt = [softmax(r, 2.0) for r in S], [softmax(r, 2.0) for r in T]
+    inter = 4 * (1 - mean([pearson(a, b) for a, b in zip(ps, pt)]))
+    cols = range(3)
+    intra = 4 * (1 - mean([pearson([r[c] for r in ps], [r[c] for r in pt]) for c in cols]))
+    assert approx(out.terms["inter"], inter) and approx(out.terms["intra"], intra)
+    assert approx(out.total, ce_of() + 2 * inter + 0.5 * intra)
+
+
+def test_dist_defaults_are_the_papers():
+    p = get_registry().get("loss", "dist").validate_params({})
+    assert (p.beta, p.gamma, p.tau) == (1.0, 1.0, 1.0)
+
+
+def _hand_nkd(s, t, y, lam, gamma):
+    target = -softmax(t)[y] * math.log(softmax(s)[y])
+    ns = softmax([v for k, v in enumerate(s) if k != y], lam)
+    nt = softmax([v for k, v in enumerate(t) if k != y], lam)
+    non = -lam**2 * sum(a * math.log(b) for a, b in zip(nt, ns))
+    return target, gamma * non
+
+
+def test_nkd_target_and_normalized_non_target_terms_by_hand():
+    out = build("nkd", temperature=2.0, gamma=1.5)(inputs())
+    terms = [_hand_nkd(s, t, y, 2.0, 1.5) for s, t, y in zip(S, T, Y)]
+    target, non = mean([a for a, _ in terms]), mean([b for _, b in terms])
+    assert approx(out.terms["nkd_target"], target) and approx(out.terms["nkd_non_target"], non / 1.5)
+    assert approx(out.total, ce_of() + target + non)
+
+
+def test_nkd_unlabeled_rows_take_the_teacher_argmax():
+    out = build("nkd")(inputs(y=[-1, 2, -1]))
+    ys = [0, 2, 1]  # argmax of T's rows 0 and 2
+    terms = [_hand_nkd(s, t, y, 1.0, 1.5) for s, t, y in zip(S, T, ys)]
+    assert approx(out.terms["nkd_target"], mean([a for a, _ in terms]))
+    assert approx(out.total, ce_of(y=[-1, 2, -1]) + sum(mean(x) for x in zip(*terms)))
+
+
+def zscore(row):
+    m, sd = mean(row), statistics.stdev(row)  # unbiased, as the authors' torch.std
+    return [(v - m) / (1e-7 + sd) for v in row]
+
+
+def test_kd_std_standardizes_both_logits_before_the_softmax():
+    out = build("kd_std", temperature=2.0, ce_weight=0.1, kd_weight=9.0)(inputs())
+    kd = mean([4 * kl(softmax(zscore(t), 2.0), softmax(zscore(s), 2.0)) for s, t in zip(S, T)])
+    assert approx(out.terms["kd"], kd)
+    assert approx(out.total, 0.1 * ce_of() + 9 * kd)
+    # invariant to a shift and a positive scale of either logits: only their relations count
+    moved = build("kd_std")(inputs(s=[[3 * v + 1 for v in r] for r in S]))
+    assert approx(moved.terms["kd"], float(build("kd_std")(inputs()).terms["kd"]), rel=1e-4)
+
+
+def _hand_kd(s, t, temp):
+    return mean([temp**2 * kl(softmax(b, temp), softmax(a, temp)) for a, b in zip(s, t)])
+
+
+def test_ctkd_temperature_starts_from_the_authors_init_and_kd_uses_it():
+    loss = build("ctkd", alpha=0.9)
+    temp = 1 + 20 / (1 + math.exp(-1.0))  # t_min + t_range * sigmoid(theta = 1)
+    out = loss(inputs(epoch=3, epochs=10))
+    assert approx(out.terms["ctkd_temperature"], temp)
+    assert approx(out.terms["kd"], _hand_kd(S, T, temp), rel=1e-4)
+    assert approx(out.total, 0.1 * ce_of() + 0.9 * _hand_kd(S, T, temp), rel=1e-4)
+
+
+def test_ctkd_curriculum_is_a_cosine_from_0_to_lambda_max():
+    loss = build("ctkd", lambda_max=0.8, curriculum_epochs=10)
+    assert loss.reversal(5, 240) == pytest.approx(0.4)
+    assert loss.reversal(10, 240) == pytest.approx(0.8) and loss.reversal(30, 240) == pytest.approx(0.8)
+    assert loss.reversal(1, 240) == pytest.approx(0.8 * (1 - math.cos(math.pi / 10)) / 2)
+    whole = build("ctkd", curriculum_epochs=None)
+    assert whole.reversal(2, 4) == pytest.approx(0.5) and whole.reversal(4, 4) == pytest.approx(1.0)
+
+
+def test_ctkd_temperature_ascends_the_kd_loss_through_the_reversal():
+    """theta's gradient is the plain gradient of the loss times -lambda(epoch): the temperature maximises KD."""
+    loss = build("ctkd", curriculum_epochs=10)
+    loss(inputs(epoch=5, epochs=10)).total.backward()
+    theta = torch.tensor(1.0, requires_grad=True)
+    temp = 1 + 20 * torch.sigmoid(theta)
+    s, t = torch.tensor(S), torch.tensor(T)
+    kd = temp**2 * torch.nn.functional.kl_div(torch.log_softmax(s / temp, 1), torch.softmax(t / temp, 1),
+                                              reduction="batchmean")
+    (0.9 * kd).backward()
+    assert float(theta.grad) != 0
+    # float32 cancellations in a gradient this small: the sign and size here, the exact scale below
+    assert float(loss.theta.grad) == pytest.approx(-0.5 * float(theta.grad), rel=2e-2)
+    half = float(loss.theta.grad)
+    loss.theta.grad = None
+    loss(inputs(epoch=10, epochs=10)).total.backward()
+    assert float(loss.theta.grad) == pytest.approx(2 * half, rel=1e-6)
+
+
+def test_mlkd_instance_batch_and_class_levels_by_hand():
+    temps = [2.0, 4.0]
+    out = build("mlkd", temperatures=temps, ce_weight=0.5, kd_weight=2.0)(inputs())
+    ins = batch = cls = 0.0
+    for temp in temps:
+        ps, pt = [softmax(r, temp) for r in S], [softmax(r, temp) for r in T]
+        ins += mean([temp**2 * kl(b, a) for a, b in zip(ps, pt)])
+        n, c = len(ps), len(ps[0])
+        batch += sum((sum(ps[i][k] * ps[j][k] for k in range(c)) - sum(pt[i][k] * pt[j][k] for k in range(c))) ** 2
+                     for i in range(n) for j in range(n)) / n
+        cls += sum((sum(ps[i][a] * ps[i][b] for i in range(n)) - sum(pt[i][a] * pt[i][b] for i in range(n))) ** 2
+                   for a in range(c) for b in range(c)) / c
+    assert approx(out.terms["mlkd_instance"], ins) and approx(out.terms["mlkd_batch"], batch, rel=1e-4)
+    assert approx(out.terms["mlkd_class"], cls, rel=1e-4)
+    assert approx(out.total, 0.5 * ce_of() + 2 * (ins + batch + cls), rel=1e-5)
+
+
+def test_mlkd_default_temperatures_are_the_papers():
+    assert get_registry().get("loss", "mlkd").validate_params({}).temperatures == [2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_wsld_weights_each_row_by_the_ratio_of_label_losses():
+    out = build("wsld", temperature=2.0, alpha=2.5)(inputs())
+    terms = []
+    for s, t, y in zip(S, T, Y):
+        ce_s, ce_t = -math.log(softmax(s)[y]), -math.log(softmax(t)[y])
+        w = 1 - math.exp(-max(ce_s / (ce_t + 1e-7), 0))
+        soft = -sum(a * math.log(b) for a, b in zip(softmax(t, 2.0), softmax(s, 2.0)))
+        terms.append(w * soft)
+    wsl = 4 * mean(terms)
+    assert approx(out.terms["wsl"], wsl)
+    assert approx(out.total, ce_of() + 2.5 * wsl)
+
+
+def test_tf_reg_virtual_teacher_by_hand_and_needs_no_teacher():
+    loss = build("tf_reg", a=0.9, temperature=5.0, alpha=0.3, weight=2.0)
+    assert loss.uses_teacher is False
+    out = loss(inputs(t=None))
+    regs = []
+    for s, y in zip(S, Y):
+        u = [0.9 if k == y else 0.05 for k in range(3)]
+        regs.append(kl(softmax(u, 5.0), softmax(s)))
+    assert approx(out.terms["tf_reg"], mean(regs))
+    assert approx(out.total, 0.7 * ce_of() + 0.3 * 2.0 * mean(regs))
+
+
+# -- gradients, and short real runs --------------------------------------------------------------------------------
+
+
+def _mlp(hidden, seed):
+    torch.manual_seed(seed)
+    from kdlab_models.nets import MLP, MLPParams
+
+    return MLP(MLPParams(hidden=hidden), (8,), 3)
+
+
+#: params for a student with blocks.0 and blocks.1 and a teacher with blocks.0 only (logit methods: none)
+GRAD_PARAMS = {
+    "dist": {},
+    "nkd": {},
+    "kd_std": {},
+    "ctkd": {"curriculum_epochs": None},
+    "mlkd": {},
+    "wsld": {},
+    "tf_reg": {},
+}
+OWN_PARAMS = {"ctkd"}
+
+
+def _check_gradients(loss, student, teacher, x):
+    from kdlab.training import FeatureCapture
+
+    s_cap = FeatureCapture(student, loss.student_layers, key="k", owner="the student")
+    t_cap = FeatureCapture(teacher, loss.teacher_layers, key="k", owner="the teacher")
+    labels = torch.tensor([0, 1, 2, 0, -1, -1][: len(x)])
+    with torch.no_grad():
+        t_logits = teacher(x)
+    out = loss(kdlab.LossInputs(x=x, labels=labels, student_logits=student(x), teacher_logits=t_logits,
+                                student_features=s_cap.take(), teacher_features=t_cap.take(), epoch=1, epochs=2,
+                                index=torch.arange(len(x))))
+    s_cap.close()
+    t_cap.close()
+    assert all(torch.isfinite(v) for v in [out.total, *out.terms.values()])
+    out.total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.head.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_PARAMS))
+def test_gradients_reach_the_student_and_the_loss_parameters(name):
+    student, teacher = _mlp([6, 5], 0), _mlp([7], 1)
+    teacher.eval().requires_grad_(False)
+    x = torch.randn(6, 8)
+    loss = _setup(build(name, **GRAD_PARAMS[name]), student, teacher, x, n=6)
+    _check_gradients(loss, student, teacher, x)
+    own = [p for p in loss.parameters() if p.requires_grad]
+    assert bool(own) == (name in OWN_PARAMS)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in loss.named_parameters()
+               if not n.startswith("abfs.0.att"))  # the deepest stage has nothing to fuse
+
+
+#: params for tiny_digits_config's student (hidden [16]) and teacher (hidden [64]): blocks.0 on both sides
+RUN_PARAMS = {
+    **{name: {} for name in ("dist", "nkd", "kd_std", "ctkd", "mlkd", "wsld", "tf_reg")},
+}
+
+
+@pytest.fixture(scope="module")
+def session():
+    from kdlab.engine import Session
+
+    return Session()  # the teacher is trained once for all the runs
+
+
+@pytest.mark.parametrize("name", sorted(RUN_PARAMS))
+def test_method_runs_end_to_end_on_digits(name, session):
+    from kdlab.engine import run
+
+    cfg = tiny_digits_config(**{"loss.name": name, "loss.params": RUN_PARAMS[name], "tracking.enabled": False,
+                                "training.epochs": 2})
+    result = run(load_config(Source("run.yaml", dump_yaml(cfg))), session=session)
+    last = result.fit.history[-1]
+    terms = {k for k in last if k.startswith("train_")} - {"train_loss", "train_ce"}
+    assert terms and all(math.isfinite(last[k]) for k in terms | {"train_loss"})
+    assert math.isfinite(result.metrics["test_accuracy"]) and result.fit.epochs_run == 2
 
 # -- RKD: the fast angle term has the values of the implementation it replaced --------------------------------------
 
@@ -54,3 +336,5 @@ def test_rkd_angle_term_in_float32_and_with_repeated_rows():
     want = torch.nn.functional.smooth_l1_loss(paper(s64), paper(t64))
     assert float(angle_loss(s64, t64)) == pytest.approx(float(want), rel=1e-9)
     assert float(angle_loss(s, t)) == pytest.approx(float(want), rel=1e-5)
+
+

@@ -1,4 +1,6 @@
-"""Entry point ``kdlab-losses`` of the ``kdlab`` group. ``paper=`` is metadata for the generated method docs."""
+"""Entry point ``kdlab-losses`` of the ``kdlab`` group. ``paper=`` is metadata for the generated method docs;
+``search_space=`` (on the newer losses) declares the study dimensions of a loss's own params (keyed by param name, in
+the syntax of a study file's ``study.search`` entries). Ranges follow the papers' ablations where they give them."""
 
 import kdlab
 
@@ -9,6 +11,23 @@ from .logits import (
 from .multi import MultiParams, MultiTeacherKD
 from .online import AuxiliaryCoTraining, AuxParams, DeepMutualLearning, DMLParams
 from .relations import PKT, PKTParams, RKD, RKDParams
+from .soft_targets import DIST, NKD, WSLD, DISTParams, NKDParams, TfKDRegularization, TfRegParams, WSLDParams
+from .temperatures import CTKD, MLKD, CTKDParams, KDStandardized, KDStdParams, MLKDParams
+
+
+def _float(low: float, high: float, log: bool = False) -> dict:
+    return {"type": "float", "low": low, "high": high, **({"log": True} if log else {})}
+
+
+def _int(low: int, high: int) -> dict:
+    return {"type": "int", "low": low, "high": high}
+
+
+def _choice(*choices) -> dict:
+    return {"type": "categorical", "choices": list(choices)}
+
+
+_ALPHA = _float(0.1, 1.0)  # the soft term's share against the labels
 
 
 @kdlab.hookimpl
@@ -39,3 +58,33 @@ def kdlab_register_losses(register):
              paper="Song and Chai NeurIPS 2018, Collaborative Learning for Deep Neural Networks")
     register("multi", MultiTeacherKD, MultiParams, "Soft targets of several teachers, averaged or weighted",
              paper="You et al. KDD 2017, Learning from Multiple Teacher Networks")
+    # -- logit methods: reshaped or reweighted soft targets, other temperatures ----------------------------------
+    register("dist", DIST, DISTParams, "Pearson correlations of the predictions, per row (inter-class) and per "
+             "class over the batch (intra-class), instead of KL",
+             paper="Huang et al. NeurIPS 2022, Knowledge Distillation from A Stronger Teacher",
+             search_space={"beta": _float(0.5, 2.0), "gamma": _float(0.5, 2.0), "tau": _float(1, 4)})
+    register("nkd", NKD, NKDParams, "Normalized KD: a target term and the non-target distribution renormalised "
+             "without the target class",
+             paper="Yang et al. ICCV 2023, From Knowledge Distillation to Self-Knowledge Distillation: A Unified "
+                   "Approach with Normalized Loss and Customized Soft Labels",
+             search_space={"temperature": _float(1, 4), "gamma": _float(0.5, 3.0)})
+    register("kd_std", KDStandardized, KDStdParams, "KD on z-scored logits: an adaptive temperature per row",
+             paper="Sun et al. CVPR 2024, Logit Standardization in Knowledge Distillation",
+             search_space={"temperature": _float(1, 5), "kd_weight": _float(1, 10), "ce_weight": _float(0.1, 1.0)})
+    register("ctkd", CTKD, CTKDParams, "KD with a learned temperature that ascends the KD loss through a gradient "
+             "reversal, on an easy-to-hard cosine curriculum",
+             paper="Li et al. AAAI 2023, Curriculum Temperature for Knowledge Distillation",
+             search_space={"lambda_max": _float(0.1, 1.0), "curriculum_epochs": _int(1, 30), "alpha": _ALPHA})
+    register("mlkd", MLKD, MLKDParams, "Instance-, batch- and class-level alignment of the predictions at several "
+             "temperatures", paper="Jin et al. CVPR 2023, Multi-level Logit Distillation",
+             search_space={"kd_weight": _float(0.1, 2.0), "ce_weight": _float(0.1, 1.0),
+                           "temperatures": _choice([2.0, 3.0, 4.0, 5.0, 6.0], [2.0, 4.0, 6.0], [4.0])})
+    register("wsld", WSLD, WSLDParams, "Soft labels weighted per row by the student's and teacher's label losses "
+             "(bias-variance trade-off)",
+             paper="Zhou et al. ICLR 2021, Rethinking Soft Labels for Knowledge Distillation: A Bias-Variance "
+                   "Tradeoff Perspective", search_space={"temperature": _float(1, 8), "alpha": _float(0.5, 4.0)})
+    register("tf_reg", TfKDRegularization, TfRegParams, "Teacher-free KD: a hand-designed virtual teacher with "
+             "probability a on the correct class, no teacher",
+             paper="Yuan et al. CVPR 2020, Revisiting Knowledge Distillation via Label Smoothing Regularization",
+             search_space={"a": _float(0.8, 0.99), "temperature": _float(1, 40), "alpha": _float(0.05, 0.95),
+                           "weight": _float(0.1, 10, log=True)})
