@@ -9,6 +9,7 @@ import statistics
 
 import pytest
 import torch
+from torch import nn
 
 import kdlab
 from conftest import tiny_digits_config
@@ -207,6 +208,186 @@ def test_tf_reg_virtual_teacher_by_hand_and_needs_no_teacher():
     assert approx(out.total, 0.7 * ce_of() + 0.3 * 2.0 * mean(regs))
 
 
+# -- relation and feature methods ----------------------------------------------------------------------------------
+
+FS = [[1.0, 0.0, 2.0], [0.5, 1.0, 0.0], [0.0, 1.0, 1.0]]  # 3 rows of a student layer
+FT = [[1.0, 1.0], [0.0, 2.0], [1.0, 0.5]]  # the teacher's, of another width
+
+
+def _normalised_gram(rows):
+    g = [[sum(a * b for a, b in zip(r, q)) for q in rows] for r in rows]
+    return [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in g]
+
+
+def test_sp_by_hand():
+    out = build("sp", student_layers=["a"], teacher_layers=["b"], beta=10.0)(
+        inputs(student_features={"a": torch.tensor(FS)}, teacher_features={"b": torch.tensor(FT)}))
+    gs, gt = _normalised_gram(FS), _normalised_gram(FT)
+    sp = sum((gt[i][j] - gs[i][j]) ** 2 for i in range(3) for j in range(3)) / 9
+    assert approx(out.terms["sp"], sp)
+    assert approx(out.total, ce_of() + 10 * sp)
+
+
+def test_cc_taylor_rbf_correlation_by_hand():
+    out = build("cc", student_layer="a", teacher_layer="b", gamma=0.5, order=2, beta=3.0)(
+        inputs(student_features={"a": torch.tensor(FS)}, teacher_features={"b": torch.tensor(FT)}))
+
+    def corr(rows):
+        unit = [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
+        out = []
+        for a in unit:
+            for b in unit:
+                c = sum(x * y for x, y in zip(a, b))
+                out.append(sum(math.exp(-1.0) * 1.0**p / math.factorial(p) * c**p for p in range(3)))
+        return out
+
+    cc = mean([(a - b) ** 2 for a, b in zip(corr(FS), corr(FT))])
+    assert approx(out.terms["cc"], cc)
+    assert approx(out.total, ce_of() + 3 * cc)
+
+
+def test_cc_taylor_approaches_the_gaussian_kernel():
+    from kdlab_losses.relations import rbf_correlation
+
+    e = torch.tensor(FS)
+    unit = torch.nn.functional.normalize(e, dim=1)
+    exact = torch.exp(-0.4 * torch.cdist(unit, unit) ** 2)
+    assert torch.allclose(rbf_correlation(e, 0.4, 10), exact, atol=1e-6)
+
+
+def test_vid_gaussian_likelihood_by_hand():
+    from kdlab_models.nets import MLP, MLPParams
+
+    loss = build("vid", student_layers=["blocks.0"], teacher_layers=["blocks.0"], beta=2.0)
+    _setup(loss, MLP(MLPParams(hidden=[3]), (4,), 3), MLP(MLPParams(hidden=[2]), (4,), 3), torch.randn(4, 4))
+    reg = loss.regressors[0]
+    assert torch.allclose(torch.nn.functional.softplus(reg.alpha) + 1e-5, torch.full((2,), 5.0))
+    with torch.no_grad():
+        reg.alpha.copy_(torch.tensor([0.0, 1.0]))
+    fs, ft = torch.tensor(FS), torch.tensor(FT)
+    out = loss(inputs(student_features={"blocks.0": fs}, teacher_features={"blocks.0": ft}))
+    w1, w2, w3 = (m.weight for m in reg.mean if isinstance(m, nn.Linear))
+    mu = torch.relu(torch.relu(fs @ w1.T) @ w2.T) @ w3.T
+    var = torch.log1p(torch.exp(torch.tensor([0.0, 1.0]))) + 1e-5
+    vid = (0.5 * ((mu - ft) ** 2 / var + torch.log(var))).mean()
+    assert approx(out.terms["vid"], float(vid))
+    assert approx(out.total, ce_of() + 2 * float(vid))
+
+
+def test_vid_conv_pairs_regress_channels_with_1x1_convolutions():
+    from kdlab_models.nets import CNN1D, CNN1DParams
+
+    student = CNN1D(CNN1DParams(channels=[3, 4]), (20,), 3)
+    teacher = CNN1D(CNN1DParams(channels=[5, 6]), (20,), 3)
+    loss = _setup(build("vid", student_layers=["blocks.0"], teacher_layers=["blocks.1"]), student, teacher,
+                  torch.randn(4, 20))
+    reg = loss.regressors[0]
+    assert reg.conv and reg.mean[0].weight.shape == (6, 3, 1) and reg.alpha.shape == (6,)
+
+
+def test_nst_polynomial_mmd_by_hand():
+    fs = [[[1.0, 0.0, 1.0], [0.0, 2.0, 1.0]]]  # (N=1, C=2, L=3)
+    ft = [[[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 3.0]]]  # (N=1, C=3, L=3)
+    out = build("nst", student_layers=["a"], teacher_layers=["b"], beta=4.0)(
+        inputs(s=S[:1], t=T[:1], y=Y[:1], student_features={"a": torch.tensor(fs)},
+               teacher_features={"b": torch.tensor(ft)}))
+
+    def unit(rows):
+        return [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
+
+    def k(a, b):
+        return mean([sum(x * y for x, y in zip(p, q)) ** 2 for p in a for q in b])
+
+    s, t = unit(fs[0]), unit(ft[0])
+    mmd = k(s, s) + k(t, t) - 2 * k(s, t)
+    assert approx(out.terms["nst"], mmd)
+    assert approx(out.total, ce_of(S[:1], Y[:1]) + 4 * mmd)
+
+
+def test_ab_alternative_l2_with_depth_weights_by_hand():
+    loss = build("ab", student_layers=["a", "b"], teacher_layers=["c", "d"], margin=1.0, beta=2.0)
+    loss.connectors = nn.ModuleList([nn.Identity(), nn.Identity()])  # the loss through the raw pre-activations
+    src = [[0.5, -2.0, 0.2], [-0.5, 1.5, 0.0]]
+    tgt = [[-1.0, 1.0, 0.0], [2.0, 0.5, -3.0]]
+    out = loss(inputs(s=S[:2], t=T[:2], y=Y[:2], student_features={"a": torch.tensor(src), "b": torch.tensor(src)},
+                      teacher_features={"c": torch.tensor(tgt), "d": torch.tensor(tgt)}))
+
+    def alt(s, t):
+        if t <= 0:
+            return (s + 1) ** 2 if s > -1 else 0.0
+        return (s - 1) ** 2 if s <= 1 else 0.0
+
+    per_pair = sum(alt(s, t) for rs, rt in zip(src, tgt) for s, t in zip(rs, rt)) / 2
+    ab = (0.5 * per_pair + 1.0 * per_pair) * 3 / 1000  # shallower pair half the deepest
+    assert approx(out.terms["ab"], ab)
+    assert approx(out.total, ce_of(S[:2], Y[:2]) + 2 * ab)
+
+
+def test_hcl_pools_to_4_2_1_with_halving_weights():
+    from kdlab_losses.review import hcl
+
+    torch.manual_seed(0)
+    fs, ft = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+
+    def mse(a, b):
+        return float(((a - b) ** 2).mean())
+
+    def pool(f, n):  # average over n x n blocks of equal size
+        k = 4 // n
+        return f.reshape(2, 3, n, k, n, k).mean((3, 5))
+
+    want = (mse(fs, ft) + 0.5 * mse(pool(fs, 2), pool(ft, 2)) + 0.25 * mse(pool(fs, 1), pool(ft, 1))) / 1.75
+    assert approx(hcl(fs, ft), want)
+    assert approx(hcl(fs[..., :1, :1], ft[..., :1, :1]), mse(fs[..., :1, :1], ft[..., :1, :1]))  # 1 position: MSE
+
+
+def test_reviewkd_abf_fuses_the_deeper_residual_by_attention():
+    """Two flat stages (maps of one position), every map made an identity: the shallow output is
+    k * (0.5 * k * x_shallow + 0.75 * k * x_deep), k the eval-mode batch norm's 1/sqrt(1 + eps)."""
+    loss = build("reviewkd", student_layers=["a", "b"], teacher_layers=["c", "d"], weight=2.0)
+    from kdlab_models.nets import MLP, MLPParams
+
+    net = MLP(MLPParams(hidden=[2, 2]), (4,), 3)
+    loss.student_layers = loss.teacher_layers = ("blocks.0", "blocks.1")
+    _setup(loss, net, net, torch.randn(4, 4))
+    loss.eval()
+    with torch.no_grad():
+        for abf in loss.abfs:
+            abf.conv1[0].weight.copy_(torch.eye(2).view(2, 2, 1))
+            w = torch.zeros(2, 2, 3)
+            w[:, :, 1] = torch.eye(2)
+            abf.conv2[0].weight.copy_(w)
+        att = loss.abfs[0].att[0]
+        att.weight.zero_()
+        att.bias.copy_(torch.tensor([0.0, math.log(3.0)]))  # sigmoid: 0.5 and 0.75
+    x0, x1 = torch.tensor([[1.0, 2.0]]), torch.tensor([[-1.0, 4.0]])
+    shallow, deep = loss.reviewed([x0, x1])
+    k = 1 / math.sqrt(1 + 1e-5)
+    assert torch.allclose(deep.flatten(), k * k * x1.flatten(), atol=1e-6)
+    assert torch.allclose(shallow.flatten(), k * (0.5 * k * x0 + 0.75 * k * x1).flatten(), atol=1e-6)
+    t0, t1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 2.0]])
+    out = loss(inputs(s=S[:1], t=T[:1], y=Y[:1], student_features={"blocks.0": x0, "blocks.1": x1},
+                      teacher_features={"blocks.0": t0, "blocks.1": t1}))
+    review = float(((shallow.flatten() - t0.flatten()) ** 2).mean() + ((deep.flatten() - t1.flatten()) ** 2).mean())
+    assert approx(out.terms["review"], review)
+    assert approx(out.total, ce_of(S[:1], Y[:1]) + 2 * review)
+
+
+@pytest.mark.parametrize("kind", ["cnn1d", "cnn2d"])
+def test_reviewkd_runs_on_conv_stages(kind):
+    from kdlab_models.nets import CNN1D, CNN2D, CNN1DParams, CNN2DParams
+
+    if kind == "cnn1d":
+        shape = (24,)
+        student, teacher = CNN1D(CNN1DParams(channels=[3, 4]), shape, 3), CNN1D(CNN1DParams(channels=[5, 6]), shape, 3)
+    else:
+        shape = (1, 8, 8)
+        student, teacher = CNN2D(CNN2DParams(channels=[3, 4]), shape, 3), CNN2D(CNN2DParams(channels=[5, 6]), shape, 3)
+    x = torch.randn(4, *shape)
+    loss = _setup(build("reviewkd"), student, teacher, x)
+    _check_gradients(loss, student, teacher, x)
+
+
 # -- gradients, and short real runs --------------------------------------------------------------------------------
 
 
@@ -217,7 +398,7 @@ def _mlp(hidden, seed):
     return MLP(MLPParams(hidden=hidden), (8,), 3)
 
 
-#: params for a student with blocks.0 and blocks.1 and a teacher with blocks.0 only (logit methods: none)
+#: params for a student with blocks.0 and blocks.1 and a teacher with blocks.0 only
 GRAD_PARAMS = {
     "dist": {},
     "nkd": {},
@@ -226,8 +407,14 @@ GRAD_PARAMS = {
     "mlkd": {},
     "wsld": {},
     "tf_reg": {},
+    "sp": {"student_layers": ["blocks.1"], "teacher_layers": ["blocks.0"]},
+    "cc": {"student_layer": "blocks.1", "teacher_layer": "blocks.0"},
+    "vid": {"student_layers": ["blocks.0", "blocks.1"], "teacher_layers": ["blocks.0", "blocks.0"]},
+    "reviewkd": {"student_layers": ["blocks.0", "blocks.1"], "teacher_layers": ["blocks.0", "blocks.0"]},
+    "nst": {"student_layers": ["blocks.1"], "teacher_layers": ["blocks.0"]},
+    "ab": {"student_layers": ["blocks.0.0", "blocks.1.0"], "teacher_layers": ["blocks.0.0", "blocks.0.0"]},
 }
-OWN_PARAMS = {"ctkd"}
+OWN_PARAMS = {"ctkd", "vid", "reviewkd", "ab"}
 
 
 def _check_gradients(loss, student, teacher, x):
@@ -266,6 +453,10 @@ def test_gradients_reach_the_student_and_the_loss_parameters(name):
 #: params for tiny_digits_config's student (hidden [16]) and teacher (hidden [64]): blocks.0 on both sides
 RUN_PARAMS = {
     **{name: {} for name in ("dist", "nkd", "kd_std", "ctkd", "mlkd", "wsld", "tf_reg")},
+    **{name: {"student_layers": ["blocks.0"], "teacher_layers": ["blocks.0"]} for name in ("sp", "vid", "reviewkd",
+                                                                                           "nst")},
+    "cc": {"student_layer": "blocks.0", "teacher_layer": "blocks.0"},
+    "ab": {"student_layers": ["blocks.0.0"], "teacher_layers": ["blocks.0.0"]},
 }
 
 
@@ -338,3 +529,12 @@ def test_rkd_angle_term_in_float32_and_with_repeated_rows():
     assert float(angle_loss(s, t)) == pytest.approx(float(want), rel=1e-5)
 
 
+@pytest.mark.parametrize("shape,size", [((2, 3, 8), (4,)), ((2, 3, 9), (4,)), ((2, 3, 8, 6), (2, 3)),
+                                        ((2, 3, 9, 6), (4, 4)), ((2, 3, 5), (5,))])
+def test_adaptive_pool_equals_torchs(shape, size):
+    from kdlab_losses.feature_matching import adaptive_pool
+
+    x = torch.randn(*shape)
+    want = (torch.nn.functional.adaptive_avg_pool1d if len(size) == 1 else torch.nn.functional.adaptive_avg_pool2d)(
+        x, size)
+    assert torch.allclose(adaptive_pool(x, size), want, atol=1e-6)

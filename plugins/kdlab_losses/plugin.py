@@ -4,13 +4,17 @@ the syntax of a study file's ``study.search`` entries). Ranges follow the papers
 
 import kdlab
 
+from .feature_matching import NST, VID, ABParams, ActivationBoundaries, NSTParams, VIDParams
 from .features import ATParams, AttentionTransfer, FitNet, FitNetParams
 from .logits import (
     CEParams, CrossEntropy, DKD, DKDParams, HardKD, HardParams, HintonKD, KDParams, LabelSmoothing, LSParams,
 )
 from .multi import MultiParams, MultiTeacherKD
 from .online import AuxiliaryCoTraining, AuxParams, DeepMutualLearning, DMLParams
-from .relations import PKT, PKTParams, RKD, RKDParams
+from .relations import (
+    PKT, RKD, CCParams, CorrelationCongruence, PKTParams, RKDParams, SimilarityPreserving, SPParams,
+)
+from .review import ReviewKD, ReviewKDParams
 from .soft_targets import DIST, NKD, WSLD, DISTParams, NKDParams, TfKDRegularization, TfRegParams, WSLDParams
 from .temperatures import CTKD, MLKD, CTKDParams, KDStandardized, KDStdParams, MLKDParams
 
@@ -88,3 +92,26 @@ def kdlab_register_losses(register):
              paper="Yuan et al. CVPR 2020, Revisiting Knowledge Distillation via Label Smoothing Regularization",
              search_space={"a": _float(0.8, 0.99), "temperature": _float(1, 40), "alpha": _float(0.05, 0.95),
                            "weight": _float(0.1, 10, log=True)})
+    # -- feature and relation methods ----------------------------------------------------------------------------
+    register("sp", SimilarityPreserving, SPParams, "The student matches the teacher's batch similarity matrices "
+             "of named layers", paper="Tung and Mori ICCV 2019, Similarity-Preserving Knowledge Distillation",
+             search_space={"beta": _float(100, 10000, log=True)})
+    register("cc", CorrelationCongruence, CCParams, "The student matches the teacher's correlation between "
+             "instances (Gaussian-RBF kernel, Taylor approximation)",
+             paper="Peng et al. ICCV 2019, Correlation Congruence for Knowledge Distillation",
+             search_space={"gamma": _float(0.1, 1.0), "order": _int(1, 4), "beta": _float(0.01, 100, log=True)})
+    register("vid", VID, VIDParams, "A Gaussian likelihood of teacher layers given student layers, learned mean "
+             "and per-channel variance",
+             paper="Ahn et al. CVPR 2019, Variational Information Distillation for Knowledge Transfer",
+             search_space={"beta": _float(0.1, 10, log=True), "init_variance": _float(0.5, 10, log=True)})
+    register("reviewkd", ReviewKD, ReviewKDParams, "Student stages fused from the deepest back (ABF) match the "
+             "teacher's stages at several pyramid levels (HCL)",
+             paper="Chen et al. CVPR 2021, Distilling Knowledge via Knowledge Review",
+             search_space={"weight": _float(0.1, 10, log=True)})
+    register("nst", NST, NSTParams, "The distribution of channel activation maps matched in MMD (polynomial "
+             "kernel)", paper="Huang and Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity "
+                              "Transfer", search_space={"beta": _float(5, 500, log=True)})
+    register("ab", ActivationBoundaries, ABParams, "Student pre-activations, through a learned connector, on the "
+             "teacher's side of zero by a margin",
+             paper="Heo et al. AAAI 2019, Knowledge Transfer via Distillation of Activation Boundaries Formed by "
+                   "Hidden Neurons", search_space={"margin": _float(0.5, 2.0), "beta": _float(0.1, 10, log=True)})

@@ -1,19 +1,21 @@
 """Relation-based losses: the student mimics how the teacher relates the examples of a batch to each other.
 
-Both compare embeddings of the same batch, so their sizes need not match and no adapter is needed. The embedding
+All compare embeddings of the same batch, so their sizes need not match and no adapter is needed. The embedding
 is the output of the named layer (flattened), or the logits when no layer is named.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import kdlab
 from kdlab.functional import masked_cross_entropy
 
-from .features import _probe
+from .features import _probe, pair_up
 
 _LAYER = ("dotted module path of the {} embedding layer (its output is flattened); null: the logits")
 
@@ -187,3 +189,91 @@ class PKT(_RelationLoss):
         pkt = (pt * torch.log((pt + eps) / (ps + eps))).sum(1).mean()
         ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
         return kdlab.LossOutput(total=ce + self.beta * pkt, terms={"ce": ce, "pkt": pkt})
+
+
+class SPParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    student_layers: list[str] = Field(default_factory=lambda: ["blocks.1"], min_length=1,
+                                      description="dotted module paths of the student's layers, paired in order "
+                                                  "with teacher_layers (outputs flattened)")
+    teacher_layers: list[str] = Field(default_factory=lambda: ["blocks.1"], min_length=1,
+                                      description="dotted module paths of the teacher's layers")
+    beta: float = Field(3000.0, ge=0, description="weight gamma of the similarity term (paper: 3000)")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> SPParams:
+        return pair_up(self)
+
+
+def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
+    """Tung and Mori's batch similarity: ``G = F F^T`` of the flattened features, each row L2-normalised."""
+    f = f.flatten(1)
+    return F.normalize(f @ f.T, dim=1)
+
+
+class SimilarityPreserving(kdlab.Loss):
+    """Similarity-Preserving KD (Tung and Mori, ICCV 2019, "Similarity-Preserving Knowledge Distillation"): pairs of
+    inputs that activate the teacher similarly should activate the student similarly:
+    ``CE(y, s) + beta * sum_pairs ||G_t - G_s||_F^2 / b^2``, ``G`` the row-normalised ``b x b`` similarity
+    matrix of a layer's flattened outputs over the batch (:func:`similarity_matrix`). Layer sizes need not match."""
+
+    def __init__(self, params: SPParams):
+        super().__init__()
+        self.beta = params.beta
+        self.student_layers = tuple(params.student_layers)
+        self.teacher_layers = tuple(params.teacher_layers)
+
+    def setup(self, ctx: kdlab.LossSetup) -> None:
+        _probe(ctx, self.student_layers, self.teacher_layers)
+
+    def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
+        sp = inputs.student_logits.new_zeros(())
+        for sl, tl in zip(self.student_layers, self.teacher_layers):
+            g_s = similarity_matrix(inputs.student_features[sl].float())
+            g_t = similarity_matrix(inputs.teacher_features[tl].float())
+            sp = sp + (g_t - g_s).pow(2).sum() / len(g_s) ** 2
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        return kdlab.LossOutput(total=ce + self.beta * sp, terms={"ce": ce, "sp": sp})
+
+
+class CCParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    student_layer: str | None = Field("blocks.1", description=_LAYER.format("student's"))
+    teacher_layer: str | None = Field("blocks.1", description=_LAYER.format("teacher's"))
+    gamma: float = Field(0.4, gt=0, description="gamma of the Gaussian RBF kernel exp(-gamma |x - y|^2)")
+    order: int = Field(2, ge=0, le=10, description="order P of the kernel's Taylor expansion (paper: 2)")
+    beta: float = Field(1.0, ge=0, description="weight of the correlation-congruence term (the paper sets none "
+                                               "for this form; 1)")
+
+
+def rbf_correlation(e: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
+    """The batch's correlation matrix under the Gaussian RBF kernel of L2-normalised embeddings, by its Taylor
+    expansion: ``exp(-gamma |x - y|^2) = exp(-2 gamma) exp(2 gamma x.y) ~ sum_{p<=P} exp(-2 gamma) (2 gamma)^p /
+    p! (x.y)^p``."""
+    n = F.normalize(e, dim=1)
+    sim = n @ n.T
+    powers = sim.unsqueeze(0) ** torch.arange(order + 1, device=e.device, dtype=e.dtype).view(-1, 1, 1)
+    coef = [math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) for p in range(order + 1)]
+    return (e.new_tensor(coef).view(-1, 1, 1) * powers).sum(0)
+
+
+class CorrelationCongruence(_RelationLoss):
+    """Correlation Congruence (Peng, Jin, Liu, Zhou, Wu, Liu, Li and Zhang, ICCV 2019, "Correlation Congruence for
+    Knowledge Distillation"): the student matches the correlation between the batch's instances, not only each
+    instance: ``CE(y, s) + beta * ||C_t - C_s||_F^2 / n^2`` with ``C`` the ``n x n`` Gaussian-RBF correlation of
+    the L2-normalised embeddings, approximated by the P-th order Taylor series (:func:`rbf_correlation`). The
+    instance-level KD term of the paper's full objective is the ``kd`` loss; this is the correlation term alone."""
+
+    def __init__(self, params: CCParams):
+        super().__init__(params.student_layer, params.teacher_layer)
+        self.p = params
+
+    def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
+        s, t = self.embeddings(inputs)
+        with torch.no_grad():
+            c_t = rbf_correlation(t, self.p.gamma, self.p.order)
+        cc = (rbf_correlation(s, self.p.gamma, self.p.order) - c_t).pow(2).mean()
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        return kdlab.LossOutput(total=ce + self.p.beta * cc, terms={"ce": ce, "cc": cc})
