@@ -1,6 +1,7 @@
 """The methods added to kdlab_losses after the first dozen: each against a value computed by hand on tiny tensors
 (plain Python or plain torch, not the loss's own helpers); gradients reach the student and the loss's own
-parameters; a short real run on digits; RKD's fast angle term against the implementation it replaced."""
+parameters; a short real run on digits; CRD's memory bank; RKD's fast angle term against the implementation it
+replaced."""
 
 from __future__ import annotations
 
@@ -388,6 +389,117 @@ def test_reviewkd_runs_on_conv_stages(kind):
     _check_gradients(loss, student, teacher, x)
 
 
+# -- CRD -----------------------------------------------------------------------------------------------------------
+
+
+class Unit(nn.Module):
+    """An embedding head that only normalises (no parameters): embeddings chosen by hand."""
+
+    def forward(self, f):
+        return torch.nn.functional.normalize(f.flatten(1), dim=1)
+
+
+def _crd(n=4, **params):
+    from kdlab_models.nets import MLP, MLPParams
+
+    loss = build("crd", student_layer="blocks.0", teacher_layer="blocks.0", feat_dim=2, **params)
+    net = MLP(MLPParams(hidden=[2]), (4,), 3)
+    return _setup(loss, net, net, torch.randn(4, 4), n=n)
+
+
+def test_crd_nce_value_by_hand():
+    loss = _crd(n=4, nce_k=2, nce_t=0.5, nce_m=0.5)
+    loss.embed_s, loss.embed_t = Unit(), Unit()
+    mem_s = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]]
+    mem_t = [[0.0, 1.0], [0.8, 0.6], [1.0, 0.0], [0.0, -1.0]]
+    with torch.no_grad():
+        loss.memory_s.copy_(torch.tensor(mem_s))
+        loss.memory_t.copy_(torch.tensor(mem_t))
+    loss.negatives = lambda device: torch.tensor([3, 0])
+    v_s, v_t = [[0.6, 0.8], [1.0, 0.0]], [[0.0, 1.0], [0.8, -0.6]]
+    idx = [2, 1]
+    feats = {"student_features": {"blocks.0": torch.tensor(v_s)}, "teacher_features": {"blocks.0": torch.tensor(v_t)}}
+    out = loss(inputs(s=S[:2], t=T[:2], y=Y[:2], index=torch.tensor(idx), **feats))
+
+    def scores(v, mem):
+        return [[math.exp(sum(a * b for a, b in zip(v[i], mem[j])) / 0.5) for j in (idx[i], 3, 0)]
+                for i in range(2)]
+
+    def nce(rows):
+        z = mean([x for r in rows for x in r]) * 4  # fixed on the first batch
+        noise = 2 / 4
+        total = 0.0
+        for r in rows:
+            p = [x / z for x in r]
+            total += math.log(p[0] / (p[0] + noise + 1e-7))
+            total += sum(math.log(noise / (q + noise + 1e-7)) for q in p[1:])
+        return -total / len(rows)
+
+    crd = nce(scores(v_s, mem_t)) + nce(scores(v_t, mem_s))
+    assert approx(out.terms["crd"], crd)
+    assert approx(out.total, ce_of(S[:2], Y[:2]) + 0.8 * crd)
+    # the batch's memory rows move towards its embeddings, renormalised; the others stay
+    for mem, v, name in ((mem_s, v_s, "memory_s"), (mem_t, v_t, "memory_t")):
+        bank = getattr(loss, name)
+        for row, i in enumerate(idx):
+            new = [0.5 * a + 0.5 * b for a, b in zip(mem[i], v[row])]
+            norm = math.sqrt(sum(x * x for x in new))
+            assert torch.allclose(bank[i], torch.tensor([x / norm for x in new]), atol=1e-6)
+        for i in {0, 3}:
+            assert torch.equal(bank[i], torch.tensor(mem[i]))
+
+
+def test_crd_memory_bank_rows_are_per_index():
+    loss = _crd(n=6, nce_k=3)
+    before = loss.memory_s.clone()
+    feats = torch.randn(3, 2)
+    out = loss(inputs(index=torch.tensor([4, 0, 2]), student_features={"blocks.0": feats},
+                      teacher_features={"blocks.0": feats}))
+    assert torch.isfinite(out.total)
+    changed = (loss.memory_s != before).any(1)
+    assert changed.tolist() == [True, False, True, False, True, False]
+    rows = loss.memory_s[[4, 0, 2]]
+    assert torch.allclose(rows.norm(dim=1), torch.ones(3))
+    assert len({tuple(r.tolist()) for r in rows}) == 3  # one distinct row per example
+    loss.eval()  # no update outside training
+    frozen = loss.memory_s.clone()
+    loss(inputs(index=torch.tensor([1, 3, 5]), student_features={"blocks.0": feats},
+                teacher_features={"blocks.0": feats}))
+    assert torch.equal(loss.memory_s, frozen)
+
+
+def test_crd_without_index_or_row_count_fails_clearly():
+    loss = _crd(n=4)
+    with pytest.raises(kdlab.KdlabError, match=r"loss 'crd' needs each row's position.*index=None"):
+        loss(inputs(student_features={"blocks.0": torch.randn(3, 2)}, teacher_features={"blocks.0": torch.randn(3, 2)}))
+    with pytest.raises(kdlab.KdlabError, match=r"loss 'crd' .*num_examples"):
+        _crd(n=0)
+
+
+def test_fit_passes_each_rows_stable_position():
+    """The engine's training loop gives every batch the positions of its rows in the training rows."""
+    from kdlab.config import OptimizerConfig
+    from kdlab.training import TrainSet, fit
+    from kdlab.types import Split
+
+    seen = []
+
+    class Record(kdlab.Loss):
+        uses_teacher = False
+
+        def forward(self, inputs):
+            seen.append((inputs.index.clone(), inputs.x[:, 0].clone()))
+            ce = torch.nn.functional.cross_entropy(inputs.student_logits, inputs.labels)
+            return kdlab.LossOutput(total=ce, terms={"ce": ce})
+
+    x = torch.arange(10.0).view(10, 1)
+    fit(nn.Linear(1, 2), Record(), TrainSet(x, torch.zeros(10, dtype=torch.int64)), Split(x, torch.zeros(10).long()),
+        optimizer=OptimizerConfig(), epochs=2, batch_size=4, seed=0, device=torch.device("cpu"))
+    for index, rows in seen:
+        assert index.dtype == torch.int64 and torch.equal(x[index, 0], rows)
+    assert sorted(torch.cat([i for i, _ in seen[:3]]).tolist()) == list(range(10))
+
+
 # -- gradients, and short real runs --------------------------------------------------------------------------------
 
 
@@ -413,8 +525,9 @@ GRAD_PARAMS = {
     "reviewkd": {"student_layers": ["blocks.0", "blocks.1"], "teacher_layers": ["blocks.0", "blocks.0"]},
     "nst": {"student_layers": ["blocks.1"], "teacher_layers": ["blocks.0"]},
     "ab": {"student_layers": ["blocks.0.0", "blocks.1.0"], "teacher_layers": ["blocks.0.0", "blocks.0.0"]},
+    "crd": {"student_layer": "blocks.1", "teacher_layer": "blocks.0", "nce_k": 16},
 }
-OWN_PARAMS = {"ctkd", "vid", "reviewkd", "ab"}
+OWN_PARAMS = {"ctkd", "vid", "crd", "reviewkd", "ab"}
 
 
 def _check_gradients(loss, student, teacher, x):
@@ -456,6 +569,7 @@ RUN_PARAMS = {
     **{name: {"student_layers": ["blocks.0"], "teacher_layers": ["blocks.0"]} for name in ("sp", "vid", "reviewkd",
                                                                                            "nst")},
     "cc": {"student_layer": "blocks.0", "teacher_layer": "blocks.0"},
+    "crd": {"student_layer": "blocks.0", "teacher_layer": "blocks.0"},
     "ab": {"student_layers": ["blocks.0.0"], "teacher_layers": ["blocks.0.0"]},
 }
 
@@ -478,6 +592,17 @@ def test_method_runs_end_to_end_on_digits(name, session):
     terms = {k for k in last if k.startswith("train_")} - {"train_loss", "train_ce"}
     assert terms and all(math.isfinite(last[k]) for k in terms | {"train_loss"})
     assert math.isfinite(result.metrics["test_accuracy"]) and result.fit.epochs_run == 2
+
+
+def test_crd_runs_with_transfer_rows_in_its_memory_bank(session):
+    from kdlab.engine import run
+
+    cfg = tiny_digits_config(**{"loss.name": "crd", "loss.params": {**RUN_PARAMS["crd"], "nce_k": 256},
+                                "tracking.enabled": False, "training.epochs": 1,
+                                "data.params": {"test_size": 360, "val_size": 180, "transfer_size": 200}})
+    result = run(load_config(Source("run.yaml", dump_yaml(cfg))), session=session)
+    assert math.isfinite(result.fit.history[-1]["train_crd"])
+
 
 # -- RKD: the fast angle term has the values of the implementation it replaced --------------------------------------
 

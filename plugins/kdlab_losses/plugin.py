@@ -4,6 +4,7 @@ the syntax of a study file's ``study.search`` entries). Ranges follow the papers
 
 import kdlab
 
+from .contrastive import CRD, CRDParams
 from .feature_matching import NST, VID, ABParams, ActivationBoundaries, NSTParams, VIDParams
 from .features import ATParams, AttentionTransfer, FitNet, FitNetParams
 from .logits import (
@@ -104,6 +105,11 @@ def kdlab_register_losses(register):
              "and per-channel variance",
              paper="Ahn et al. CVPR 2019, Variational Information Distillation for Knowledge Transfer",
              search_space={"beta": _float(0.1, 10, log=True), "init_variance": _float(0.5, 10, log=True)})
+    register("crd", CRD, CRDParams, "Contrastive: a row's student and teacher embeddings attract, other rows' "
+             "(from a memory bank) repel",
+             paper="Tian et al. ICLR 2020, Contrastive Representation Distillation",
+             search_space={"beta": _float(0.1, 2.0), "nce_k": _choice(1024, 4096, 16384),
+                           "nce_t": _float(0.02, 0.2, log=True), "feat_dim": _choice(64, 128, 256)})
     register("reviewkd", ReviewKD, ReviewKDParams, "Student stages fused from the deepest back (ABF) match the "
              "teacher's stages at several pyramid levels (HCL)",
              paper="Chen et al. CVPR 2021, Distilling Knowledge via Knowledge Review",
