@@ -1,7 +1,7 @@
 """The methods added to kdlab_losses after the first dozen: each against a value computed by hand on tiny tensors
 (plain Python or plain torch, not the loss's own helpers); gradients reach the student and the loss's own
 parameters; a short real run on digits; CRD's memory bank; RKD's fast angle term against the implementation it
-replaced."""
+replaced; every loss's declared search space."""
 
 from __future__ import annotations
 
@@ -652,6 +652,29 @@ def test_rkd_angle_term_in_float32_and_with_repeated_rows():
     want = torch.nn.functional.smooth_l1_loss(paper(s64), paper(t64))
     assert float(angle_loss(s64, t64)) == pytest.approx(float(want), rel=1e-9)
     assert float(angle_loss(s, t)) == pytest.approx(float(want), rel=1e-5)
+
+
+# -- search spaces ---------------------------------------------------------------------------------------------------
+
+
+def test_every_loss_declares_a_search_space_its_params_accept():
+    from pydantic import TypeAdapter
+
+    from kdlab.study.config import CategoricalDim, Dimension
+
+    dims = TypeAdapter(Dimension)
+    for comp in get_registry().all("loss"):
+        if comp.plugin != "kdlab-losses":
+            continue
+        space = comp.extra.get("search_space")
+        assert isinstance(space, dict), f"{comp.name} declares no search_space"
+        assert set(space) <= set(comp.params.model_fields), f"{comp.name}: {set(space) - set(comp.params.model_fields)}"
+        for key, spec in space.items():
+            dim = dims.validate_python(spec)
+            values = dim.choices if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
+            for value in values:
+                comp.params.model_validate({key: value})  # raises when the bound is out of the param's range
+    assert get_registry().get("loss", "ce").extra["search_space"] == {}
 
 
 @pytest.mark.parametrize("shape,size", [((2, 3, 8), (4,)), ((2, 3, 9), (4,)), ((2, 3, 8, 6), (2, 3)),

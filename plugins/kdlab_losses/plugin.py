@@ -1,6 +1,7 @@
 """Entry point ``kdlab-losses`` of the ``kdlab`` group. ``paper=`` is metadata for the generated method docs;
-``search_space=`` (on the newer losses) declares the study dimensions of a loss's own params (keyed by param name, in
-the syntax of a study file's ``study.search`` entries). Ranges follow the papers' ablations where they give them."""
+``search_space=`` declares the study dimensions of each loss's own params (keyed by param name, in the syntax of a
+study file's ``study.search`` entries), for studies that search ``loss.name`` without spelling every param. Ranges
+follow the papers' ablations where they give them."""
 
 import kdlab
 
@@ -32,37 +33,49 @@ def _choice(*choices) -> dict:
     return {"type": "categorical", "choices": list(choices)}
 
 
+_T = _float(1, 10)  # a KD temperature
 _ALPHA = _float(0.1, 1.0)  # the soft term's share against the labels
 
 
 @kdlab.hookimpl
 def kdlab_register_losses(register):
-    register("ce", CrossEntropy, CEParams, "Cross-entropy on labels only: the no-distillation baseline")
+    register("ce", CrossEntropy, CEParams, "Cross-entropy on labels only: the no-distillation baseline",
+             search_space={})
     register("kd", HintonKD, KDParams, "Hinton et al. 2015: soft targets at temperature T mixed with labels by alpha",
-             paper="Hinton, Vinyals and Dean 2015, Distilling the Knowledge in a Neural Network")
+             paper="Hinton, Vinyals and Dean 2015, Distilling the Knowledge in a Neural Network",
+             search_space={"temperature": _T, "alpha": _ALPHA})
     register("hard", HardKD, HardParams, "The teacher's argmax as pseudo-labels, mixed with the true labels",
              paper="Touvron et al. 2021 (DeiT), Training data-efficient image transformers & distillation through "
-                   "attention")
+                   "attention", search_space={"alpha": _float(0.1, 0.9)})
     register("dkd", DKD, DKDParams, "Decoupled KD: target-class and non-target-class KL terms weighted apart",
-             paper="Zhao et al. CVPR 2022, Decoupled Knowledge Distillation")
+             paper="Zhao et al. CVPR 2022, Decoupled Knowledge Distillation",
+             search_space={"alpha": _float(0.5, 2.0), "beta": _float(1.0, 10.0), "temperature": _float(1, 8)})
     register("ls", LabelSmoothing, LSParams, "Label smoothing, no teacher: the regularisation-only baseline",
-             paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision")
+             paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision",
+             search_space={"epsilon": _float(0.05, 0.3)})
     register("fitnet", FitNet, FitNetParams, "A student layer regressed onto a teacher layer through a learned "
-             "adapter", paper="Romero et al. ICLR 2015, FitNets: Hints for Thin Deep Nets")
+             "adapter", paper="Romero et al. ICLR 2015, FitNets: Hints for Thin Deep Nets",
+             search_space={"beta": _float(1, 1000, log=True)})
     register("at", AttentionTransfer, ATParams, "Student layers match the teacher's spatial attention maps",
-             paper="Zagoruyko and Komodakis ICLR 2017, Paying More Attention to Attention")
+             paper="Zagoruyko and Komodakis ICLR 2017, Paying More Attention to Attention",
+             search_space={"beta": _float(100, 10000, log=True), "p": _choice(1.0, 2.0, 4.0)})
     register("rkd", RKD, RKDParams, "The student matches the teacher's pairwise distances and triplet angles",
-             paper="Park et al. CVPR 2019, Relational Knowledge Distillation")
+             paper="Park et al. CVPR 2019, Relational Knowledge Distillation",
+             search_space={"distance_weight": _float(1, 100, log=True), "angle_weight": _float(1, 100, log=True)})
     register("pkt", PKT, PKTParams, "The student matches the teacher's cosine-kernel neighbour probabilities",
              paper="Passalis and Tefas ECCV 2018, Learning Deep Representations with Probabilistic Knowledge "
-                   "Transfer")
+                   "Transfer", search_space={"beta": _float(0.1, 100, log=True)})
     register("dml", DeepMutualLearning, DMLParams, "Online: the student and peer networks teach each other, no "
-             "teacher", paper="Zhang et al. CVPR 2018, Deep Mutual Learning")
+             "teacher", paper="Zhang et al. CVPR 2018, Deep Mutual Learning",
+             search_space={"peers": _int(1, 4), "temperature": _float(1, 4)})
     register("aux", AuxiliaryCoTraining, AuxParams, "Online: a main and an auxiliary model co-trained with a joint "
              "loss and distillation between them",
-             paper="Song and Chai NeurIPS 2018, Collaborative Learning for Deep Neural Networks")
+             paper="Song and Chai NeurIPS 2018, Collaborative Learning for Deep Neural Networks",
+             search_space={"aux_weight": _float(0.1, 2.0), "kd_weight": _float(0.1, 2.0),
+                           "temperature": _float(1, 4), "mutual": _choice(True, False)})
     register("multi", MultiTeacherKD, MultiParams, "Soft targets of several teachers, averaged or weighted",
-             paper="You et al. KDD 2017, Learning from Multiple Teacher Networks")
+             paper="You et al. KDD 2017, Learning from Multiple Teacher Networks",
+             search_space={"temperature": _T, "alpha": _ALPHA})
     # -- logit methods: reshaped or reweighted soft targets, other temperatures ----------------------------------
     register("dist", DIST, DISTParams, "Pearson correlations of the predictions, per row (inter-class) and per "
              "class over the batch (intra-class), instead of KL",
