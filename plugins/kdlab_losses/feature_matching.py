@@ -129,7 +129,7 @@ class VID(kdlab.Loss):
     channels, shared over positions) through a softplus: ``CE(y, s) + beta * sum_pairs mean(1/2 * ((mu(s) - t)^2 /
     sigma^2 + log sigma^2))``, ``sigma^2 = softplus(alpha) + eps`` (:class:`VIDRegressor`; the authors' code form).
     The regressors are created in :meth:`setup` and trained with the student. Speed: three layers per pair are
-    trained beside the student, as deep as an MLP student itself, so an epoch takes about 3-4x ``kd``'s
+    trained beside the student, as deep as an MLP student itself, so an epoch takes 3-5x ``kd``'s
     (``benchmarks/results/loss_speed.md``): the method's regressors, not overhead."""
 
     def __init__(self, params: VIDParams):

@@ -91,7 +91,7 @@ class ReviewKD(kdlab.Loss):
     unchanged, and HCL reduces to the MSE. A flat stage beside conv stages becomes a 1-position map of their kind.
     The ABF modules are created in :meth:`setup` and trained with the student. Speed: per stage, ABF trains two
     convolutions and two batch norms and HCL pools at up to four levels; with MLP-sized features on a CPU these
-    many small operations (their count, not their arithmetic) make an epoch about 10x ``kd``'s
+    many small operations (their count, not their arithmetic) make an epoch 10-20x ``kd``'s
     (``benchmarks/results/loss_speed.md``). That is the method's structure; on a GPU, or with wide conv features,
     the student's own network dominates again."""
 
