@@ -151,7 +151,8 @@ def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None,
 
 def run_params(loaded: LoadedConfig) -> dict[str, Any]:
     """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking)."""
-    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in ("study", "compare", "tracking")})
+    skip = ("study", "compare", "tracking")
+    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in skip})
 
 
 def _transfer_used(data: Data, loss: Loss, outputs: Any, use_transfer: bool) -> bool:

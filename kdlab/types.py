@@ -75,7 +75,9 @@ class LossInputs:
 
     ``labels`` holds :data:`UNLABELED` (-1) for rows without a label (transfer rows); ``teacher_logits`` is ``None``
     when the loss declares ``uses_teacher = False``. Feature dicts hold the outputs of the modules named in the
-    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names.
+    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names. ``index`` holds each row's position in
+    the training rows (int64; train rows first, then transfer rows; stable across epochs), for losses that keep
+    per-example state such as a memory bank; ``None`` where the caller has no such positions.
     """
 
     x: Inputs

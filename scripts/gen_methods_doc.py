@@ -31,6 +31,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # inside a table cell
 
 
+def _dimension(spec: dict) -> str:
+    """One search dimension in words: ``float 1 to 10 (log)``, ``int 1 to 4``, ``one of 1024, 4096``."""
+    if spec["type"] == "categorical":
+        return "one of " + ", ".join(json.dumps(c) for c in spec["choices"])
+    scale = " (log)" if spec.get("log") else ""
+    step = f" step {spec['step']}" if spec.get("step") is not None else ""
+    return f"{spec['type']} {spec['low']:g} to {spec['high']:g}{step}{scale}"
+
+
 def render(components) -> str:
     out = [HEADER, "| method | in one line | paper |", "|---|---|---|"]
     for c in components:
@@ -45,6 +54,11 @@ def render(components) -> str:
             uses.append("trains extra networks live (outputs not cached)")
         if uses:
             out += [f"Runs: {', '.join(uses)}.", ""]
+        space = c.extra.get("search_space")
+        if space:
+            dims = "; ".join(f"`{k}` {_dimension(v)}" for k, v in space.items())
+            out += [f"Search space (declared by the plugin; `study.search` dimensions of `loss.params.<param>`): "
+                    f"{dims}.", ""]
         fields = describe(c.params)
         if not fields:
             out.append("No params.")

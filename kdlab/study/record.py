@@ -31,7 +31,8 @@ def open_parent_run(study, lstudy: LoadedStudy, tracker: Tracker) -> TrackedRun:
     parent = tracker.start(f"study-{lstudy.name}", tags={"kdlab.role": "study", "kdlab.study": lstudy.name})
     s = lstudy.study
     space = {k: d.model_dump(exclude_none=True) for k, d in s.search.items()}
-    params = flatten({k: v for k, v in lstudy.loaded.config.resolved_dict().items() if k not in ("study", "compare", "tracking")})
+    skip = ("study", "compare", "tracking")
+    params = flatten({k: v for k, v in lstudy.loaded.config.resolved_dict().items() if k not in skip})
     params.update({f"search.{k}": json.dumps(v) for k, v in space.items()})
     params.update({"study.sampler": s.sampler.name, "study.pruner": s.pruner.name,
                    "study.objective": json.dumps([o.model_dump() for o in s.objectives])})
