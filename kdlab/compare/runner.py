@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdlab import batch, paths
 from kdlab.compare.config import LoadedCompare, MethodSpec, load_compare_config
 from kdlab.compare.report import MethodResult, markdown
@@ -75,8 +73,9 @@ def method_study(lc: LoadedCompare, spec: MethodSpec) -> dict[str, Any]:
     search.update(spec.search)
     cfg = {k: copy.deepcopy(v) for k, v in lc.loaded.config.resolved_dict().items() if k not in ("compare", "study")}
     cfg["loss"] = {"name": spec.name, "params": dict(spec.params)}
-    cfg["study"] = {**copy.deepcopy(cmp.study), "name": f"{lc.name}-{spec.title}", "n_trials": cmp.n_trials,
-                    "search": search}
+    # the comparison trains its own baseline on its seeds; a study's `ce` run and best-model copy would be spare
+    cfg["study"] = {"baseline": False, "log_best_model": False, **copy.deepcopy(cmp.study),
+                    "name": f"{lc.name}-{spec.title}", "n_trials": cmp.n_trials, "search": search}
     return cfg
 
 
@@ -196,5 +195,3 @@ def _find_or_start(tracker, name: str, tags: dict[str, str], parent_run_id: str 
     return tracker.start(name, tags=tags, parent_run_id=parent_run_id)
 
 
-def summary_yaml(results: list[MethodResult]) -> str:
-    return yaml.safe_dump([r.as_dict() for r in results], sort_keys=False)
