@@ -435,37 +435,56 @@ class _Stack:
     def _forward_fn(self, shared: bool):
         """``f(epoch, epochs, x, y, t, tfeat) -> (totals (K,), {term: (K,)})`` for the current members."""
         models, losses, capture = self.models, self.losses, self.s_capture
-        d = None if shared else 0
+        K, d = len(self.slots), None if shared else 0
+        names: list[str] = []  # the loss's term names, in the order of the flat outputs
 
         def loss_of(lt, logits, epoch, epochs, x, y, t, tfeat, sfeat):
             out = losses.call(lt, LossInputs(x=x, labels=y, student_logits=logits, teacher_logits=t,
                                              student_features=sfeat, teacher_features=tfeat, epoch=epoch,
                                              epochs=epochs))
-            return out.total, out.terms
+            if not names:
+                names.extend(out.terms)
+            return (out.total, *[out.terms[n] for n in names])
+
+        def call(fn, first: list, first_dims: list, x, y, t, tfeat):
+            """``fn(*first, x, y, t, tfeat, lt)`` for every member, through :func:`_batched` with flat arguments."""
+            lt = losses.tensors()
+            fk = list(tfeat)
+            n0, nf = len(first), len(fk)
+            args = [*first, x, y, t, *tfeat.values(), *lt]
+            dims = [*first_dims, d, d, None if t is None else d, *[d] * nf, *[0] * len(lt)]
+
+            def flat(*a):
+                return fn(*a[:n0], a[n0], a[n0 + 1], a[n0 + 2], dict(zip(fk, a[n0 + 3: n0 + 3 + nf])),
+                          list(a[n0 + 3 + nf:]))
+
+            outs = _batched(flat, K, args, dims)
+            return outs[0], dict(zip(names, outs[1:]))
 
         if self.mlp is not None:
             mlp = self.mlp
-            batched_loss = vmap(lambda lt, logits, epoch, epochs, x, y, t, tfeat: loss_of(
-                lt, logits, epoch, epochs, x, y, t, tfeat, {}), in_dims=(0, 0, 0, 0, d, d, d, d),
-                randomness="different")
+
+            def loss_only(epoch, epochs, logits, x, y, t, tfeat, lt):
+                return loss_of(lt, logits, epoch, epochs, x, y, t, tfeat, {})
 
             def run(epoch, epochs, x, y, t, tfeat):
                 # the kernel's logits come transposed (K, C, B); the loss gets them contiguous (a softmax over a
                 # strided dim is several times slower) as a leaf whose gradient the kernel's backward starts from
                 self._logits = mlp.forward(x, shared).transpose(1, 2).contiguous().requires_grad_()
-                return batched_loss(losses.tensors(), self._logits, epoch, epochs, x, y, t, tfeat)
+                return call(loss_only, [epoch, epochs, self._logits], [0, 0, 0], x, y, t, tfeat)
 
             return run
 
-        def member(mt, lt, epoch, epochs, x, y, t, tfeat):
+        n_m = len(models.tensors())
+
+        def member(epoch, epochs, *rest):
+            mt, (x, y, t, tfeat, lt) = list(rest[:n_m]), rest[n_m:]
             logits = models.call(mt, x)
             sfeat = capture.take() if capture else {}
             return loss_of(lt, logits.float(), epoch, epochs, x, y, t, tfeat, sfeat)
 
-        batched = vmap(member, in_dims=(0, 0, 0, 0, d, d, d, d), randomness="different")
-
         def run(epoch, epochs, x, y, t, tfeat):
-            return batched(models.tensors(), losses.tensors(), epoch, epochs, x, y, t, tfeat)
+            return call(member, [epoch, epochs, *models.tensors()], [0, 0, *[0] * n_m], x, y, t, tfeat)
 
         return run
 
@@ -483,8 +502,9 @@ class _Stack:
                 if self.mlp is not None:
                     outs.append(self.mlp.forward(xb, True, train=False).transpose(1, 2).float())
                 else:
-                    outs.append(vmap(lambda mt: models.call(mt, xb), randomness="different")(
-                        models.tensors()).float())
+                    mt = models.tensors()
+                    outs.append(_batched(lambda *t: (models.call(list(t), xb),), len(self.slots), mt,
+                                         [0] * len(mt))[0].float())
                 if self.s_capture:
                     self.s_capture.take()
         finally:
@@ -495,6 +515,31 @@ class _Stack:
         K, N, C = logits.shape
         vloss = F.cross_entropy(logits.reshape(K * N, C), y.repeat(K), reduction="none").view(K, N).mean(1)
         return acc, vloss
+
+
+def _batched(fn: Callable[..., tuple], k: int, args: list, in_dims: list) -> list[Tensor]:
+    """``torch.func.vmap(fn, in_dims, randomness="different")(*args)`` for flat arguments and a flat tuple of tensor
+    outputs (stacked along dim 0), without vmap's pytree handling of arguments and outputs: that costs ~0.5 ms a
+    call in Python, every step, as much as a K=16 MLP's whole forward. Falls back to ``vmap`` where torch's
+    functorch internals differ."""
+    if _add_batch_dim is None:  # pragma: no cover - other torch versions
+        return list(vmap(fn, in_dims=tuple(in_dims), randomness="different")(*args))
+    if not _vmap_ready:
+        # vmap registers its Python batching rules (nll_loss, ...) on its first call: without them those ops run
+        # once per member
+        vmap(torch.neg)(torch.zeros(1))
+        _vmap_ready.append(True)
+    with _vmap_nesting(k, "different") as level:
+        out = fn(*[a if dim is None else _add_batch_dim(a, dim, level) for a, dim in zip(args, in_dims)])
+        return [_remove_batch_dim(o, level, k, 0) for o in out]
+
+
+try:  # the pieces of torch.func.vmap (torch >= 2.1), used by _batched
+    from torch._C._functorch import _add_batch_dim, _remove_batch_dim
+    from torch._functorch.vmap import vmap_increment_nesting as _vmap_nesting
+except ImportError:  # pragma: no cover
+    _add_batch_dim = _remove_batch_dim = _vmap_nesting = None
+_vmap_ready: list[bool] = []
 
 
 def fit_stacked(
