@@ -8,9 +8,21 @@ from torch import Tensor
 
 from kdlab.types import UNLABELED
 
+try:
+    from torch._C._functorch import is_batchedtensor as _is_batched
+except ImportError:  # pragma: no cover - other torch versions
+    def _is_batched(t: Tensor) -> bool:
+        return False
+
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy over the labelled rows (``labels != -1``); 0 (with a gradient path) when none are."""
+    if _is_batched(logits) and not label_smoothing:
+        # under vmap (stacked trials, kdlab.stacking) cross_entropy's nll_loss runs as a Python decomposition;
+        # log_softmax and gather have C++ batching rules (the same value; faster there, slower alone)
+        labeled = labels != UNLABELED
+        picked = F.log_softmax(logits, 1).gather(1, labels.clamp_min(0)[:, None]).squeeze(1)
+        return -torch.where(labeled, picked, 0.0).sum() / labeled.sum().clamp_min(1)
     # one fused kernel skips the unlabelled rows (ignore_index); fewer ops than masking per-row losses, which
     # matters in the step loop of small models
     total = F.cross_entropy(logits, labels, ignore_index=UNLABELED, reduction="sum", label_smoothing=label_smoothing)
