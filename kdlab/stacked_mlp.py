@@ -43,14 +43,20 @@ class StackedMLP:
         self.grads = {name: torch.zeros_like(t) for name, t in params.items() if t.requires_grad}
 
     @classmethod
-    def match(cls, model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> StackedMLP | None:
-        """The kernel for ``model``'s structure, or ``None`` when it is not a plain MLP."""
-        if buffers:
-            return None
-        if any(not t.requires_grad for t in params.values()):
-            return None  # frozen layers: leave them to the general kernel
+    def match(cls, model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
+              structure: tuple[list[_Layer], bool] | None = None) -> StackedMLP | None:
+        """The kernel for ``model``'s structure (or the given :meth:`structure` of it), or ``None`` when it is not
+        a plain MLP."""
+        if buffers or any(not t.requires_grad for t in params.values()):
+            return None  # frozen layers, running statistics: leave them to the general kernel
+        structure = structure if structure is not None else cls.structure(model)
+        return None if structure is None else cls(structure[0], params, structure[1])
+
+    @staticmethod
+    def structure(model: nn.Module) -> tuple[list[_Layer], bool] | None:
+        """``(layers, flatten)`` of a plain MLP (traced with ``torch.fx``), or ``None``."""
         if isinstance(model, nn.Linear):  # fx would trace into it
-            return cls([_Layer("weight", "bias" if model.bias is not None else None, None)], params, False)
+            return [_Layer("weight", "bias" if model.bias is not None else None, None)], False
         try:
             graph = torch.fx.symbolic_trace(model).graph
         except Exception:  # noqa: BLE001 - anything fx cannot trace is simply not a plain MLP
@@ -75,7 +81,7 @@ class StackedMLP:
         if not layers or layers[-1].act is not None or len(list(model.parameters())) != sum(
                 1 + (ly.bias is not None) for ly in layers):
             return None
-        return cls(layers, params, flatten)
+        return layers, flatten
 
     # forward: layer outputs kept for the backward
 

@@ -356,7 +356,11 @@ class _Stack:
                                          owner="the student") if loss0.student_layers else None)
         self.mlp = None
         if self.kernel_choice != "vmap" and not loss0.student_layers and not self.bf16:
-            self.mlp = StackedMLP.match(self.models.base, self.models.params, self.models.buffers)
+            if not hasattr(self, "_mlp_structure"):  # the same for every member: traced once per stack
+                self._mlp_structure = StackedMLP.structure(self.models.base)
+            if self._mlp_structure is not None:
+                self.mlp = StackedMLP.match(self.models.base, self.models.params, self.models.buffers,
+                                            self._mlp_structure)
             if self.mlp is None and self.kernel_choice == "mlp":
                 raise KdlabError("kernel='mlp': the members' model is not a plain MLP (Linear and activation layers)")
         if self.mlp is not None:
