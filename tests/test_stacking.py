@@ -343,3 +343,58 @@ def test_a_loss_that_is_not_stackable_is_refused(rows):
     member.loss = comp.build(comp.validate_params({}))
     with pytest.raises(KdlabError, match="member 0 cannot be stacked: loss PKT does not declare stackable"):
         fit_stacked([member], *rows, batch_size=64)
+
+
+# -- losses with parameters or features, other precisions -----------------------------------------------------------
+
+
+class LearnedScale(kdlab.Loss):
+    """A stackable loss with a trainable parameter (trained with the student, as fit trains it) and a penalty on a
+    captured student layer."""
+
+    uses_teacher = False
+    stackable = True
+
+    def __init__(self, init: float, penalty: float, features: bool = True):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(init))
+        self.register_buffer("penalty", torch.tensor(penalty, dtype=torch.float64))
+        self.student_layers = ("blocks.0",) if features else ()
+
+    def forward(self, inputs):
+        from kdlab.functional import masked_cross_entropy
+
+        ce = masked_cross_entropy(inputs.student_logits * self.scale, inputs.labels)
+        feats = inputs.student_features
+        act = (feats["blocks.0"] ** 2).mean() if feats else inputs.student_logits.square().mean()
+        return kdlab.LossOutput(total=ce + self.penalty * act, terms={"ce": ce, "act": act})
+
+
+@pytest.mark.parametrize("features", [True, False])  # features: the general kernel; without: the MLP kernel
+def test_loss_parameters_and_student_features_stack(rows, features):
+    def trial(k):
+        t = Trial(key=k, init_seed=k, epochs=3)
+        t.build_loss = lambda: LearnedScale(1.0 + k, 0.1 * k, features)
+        return t
+
+    trials = [trial(0), trial(1)]
+    results = by_key(fit_stacked([t.member() for t in trials], *rows, batch_size=64))
+    for t in trials:
+        alone = t.alone(rows, 64)
+        assert_same_run(results[t.key], alone)
+        loss = results[t.key].loss
+        assert loss.scale.item() != 1.0 + t.key  # trained
+    lone_loss = LearnedScale(1.0, 0.0, features)
+    fit(trials[0].build_model(), lone_loss, *rows, optimizer=OptimizerConfig(lr=0.01), epochs=3, batch_size=64,
+        seed=0, device=CPU)
+    assert results[0].loss.scale.item() == pytest.approx(lone_loss.scale.item(), rel=1e-5)
+
+
+def test_bf16_runs_through_the_general_kernel(rows):
+    trials = [Trial(key=k, init_seed=k, epochs=2) for k in range(2)]
+    results = fit_stacked([t.member() for t in trials], *rows, batch_size=64, precision="bf16")
+    for r, t in zip(results, trials):
+        lone = fit(t.build_model(), t.build_loss(), *rows, optimizer=OptimizerConfig(**t.optimizer), epochs=2,
+                   batch_size=64, seed=0, device=CPU, precision="bf16")
+        assert r.status == "complete"
+        assert r.history[0]["train_loss"] == pytest.approx(lone.history[0]["train_loss"], rel=2e-2)
