@@ -4,8 +4,8 @@ A *member* is one trial: its own initial weights (its init seed), its own loss m
 tensor buffers of a :attr:`kdlab.Loss.stackable` loss), its own optimizer hyperparameters and learning-rate schedule,
 its own batch order (its ``seed``, as :func:`kdlab.training.fit` draws it) and its own number of epochs. The stack
 keeps every member's parameters along a leading member axis and runs one forward, one backward and one update per
-batch for all of them (``torch.func.vmap`` over the model and the loss called with stacked tensors, or the batched-matmul
-kernel of :mod:`kdlab.stacked_mlp` for plain MLPs). The training rows, labels and cached teacher outputs are shared:
+batch for all of them (``torch.func.vmap`` over the model and the loss called with stacked tensors, or the
+batched-matmul kernel of :mod:`kdlab.stacked_mlp` for plain MLPs). The training rows, labels and cached teacher outputs are shared:
 never copied per member.
 
 Equivalence: a member trains exactly as ``fit`` trains it alone, up to float rounding (batched matmuls sum in another
@@ -261,12 +261,14 @@ class StackControl:
 
     @property
     def keys(self) -> list[Hashable]:
-        """Keys of the members training now (pruned ones and ones to be added not counted)."""
+        """Keys of the members in the stack (in ``on_epoch``: also those whose last epoch this was; pruned ones and
+        ones added at this boundary not counted)."""
         return [k for k in self._keys if k not in self._prune]
 
     @property
     def free(self) -> int | None:
-        """Slots free for :meth:`add` (``None``: no capacity given)."""
+        """Slots free for :meth:`add` (``None``: no capacity given). In ``on_epoch`` members whose last epoch this was
+        still hold their slots; ``on_result`` sees them freed."""
         if self.capacity is None:
             return None
         return self.capacity - len(self.keys) - len(self._add)
@@ -630,7 +632,7 @@ def fit_stacked(
             leaving = [k for k, s in enumerate(stack.slots) if s.status is not None]
             finished = [_finish(stack, k) for k in leaving]
             keep = [k for k, s in enumerate(stack.slots) if s.status is None]
-            control._keys = [stack.slots[k].member.key for k in keep] + [m.key for m in control._add]
+            control._keys = [stack.slots[k].member.key for k in keep]  # adds of on_epoch stay in control._add
             for result in finished:
                 results.append(result)
                 if on_result is not None:

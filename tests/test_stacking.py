@@ -398,3 +398,22 @@ def test_bf16_runs_through_the_general_kernel(rows):
                    batch_size=64, seed=0, device=CPU, precision="bf16")
         assert r.status == "complete"
         assert r.history[0]["train_loss"] == pytest.approx(lone.history[0]["train_loss"], rel=2e-2)
+
+
+def test_capacity_counts_members_added_in_either_callback(rows):
+    frees = []
+
+    def on_epoch(control, reports):
+        if reports[0].epoch == 1:
+            control.prune(0)
+            control.add(Trial(key="x", epochs=1).member())
+            frees.append(control.free)
+            with pytest.raises(KdlabError, match="full"):
+                control.add(Trial(key="y", epochs=1).member())
+
+    def on_result(control, result):
+        frees.append((result.key, control.free))
+
+    fit_stacked([Trial(key=k, init_seed=k, epochs=2).member() for k in range(2)], *rows, batch_size=64, capacity=2,
+                on_epoch=on_epoch, on_result=on_result)
+    assert frees == [0, (0, 0), (1, 2), ("x", 2)]  # 1 and x both finish after the second epoch
