@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         f"### Stacked trials: µs of CPU time per member-step ({args.repeats} alternated repeats, {args.epochs} epochs "
         f"of {n_train:,} rows, {args.threads} torch thread(s), cpu)",
         "",
-        C.table(["batch", "K", "separate `fit` µs", "stacked (vmap) µs", "stacked µs", "speed-up (separate / stacked)",
-                 "floor µs", "stacked / floor", "stacked / layer-shape floor"], table_rows),
+        C.table(["batch", "K", "separate `fit` µs", "stacked (vmap) µs", "stacked µs",
+                 "speed-up (separate / stacked)", "floor µs", "stacked / floor", "stacked / layer-shape floor"],
+                table_rows),
         "",
         "- A member-step is one trial's one batch: forward, backward and optimizer step, with validation every epoch "
         "spread over the epoch's steps, on both sides. Speed-up = trials per minute stacked / separately.",
