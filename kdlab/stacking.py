@@ -409,6 +409,8 @@ class _Stack:
         terms: dict[str, list[Tensor]] = {}
         leaves = self.step_leaves  # gradients autograd sets (the MLP kernel writes its own in place)
         forward = self._forward_fn(shared)
+        # (lr, momentum) of every member: one list for the epoch unless a schedule changes them every step
+        hypers = None if any(s.schedule.per_step for s in slots) else [s.schedule.at(s.epoch, 0) for s in slots]
         for step, i in enumerate(range(0, n, B)):
             if shared:
                 xb, yb = xs[i: i + B], ys[i: i + B]
@@ -426,7 +428,7 @@ class _Stack:
             total.sum().backward()
             if self.mlp is not None:
                 self.mlp.backward(self._logits.grad)
-            self.opt.step([s.schedule.at(s.epoch, step) for s in slots])
+            self.opt.step(hypers or [s.schedule.at(s.epoch, step) for s in slots])
             totals.append(total.detach())
             for name, t in step_terms.items():
                 terms.setdefault(name, []).append(t.detach())
