@@ -378,10 +378,53 @@ class _Stack:
 
     # one epoch
 
+    def train_epoch(self) -> list[EpochReport]:
+        """One epoch of every member, then the one host read of the epoch: each member's metrics, its best epoch
+        and kept weights, and its status (``failed`` on a non-finite training loss, ``complete`` after its last
+        epoch). Returns the reports of the members that did not fail."""
+        t0 = time.perf_counter()
+        values = self.epoch()
+        table = torch.stack([v.float() for v in values], 1).tolist()  # (K, 1 + terms + 2)
+        share = (time.perf_counter() - t0) / len(self.slots)
+        reports = []
+        for k, (slot, row) in enumerate(zip(self.slots, table)):
+            slot.time_s += share
+            train_loss = row[0] / self.n
+            if not math.isfinite(train_loss):  # fit raises NonFiniteLoss with this message
+                slot.status = "failed"
+                slot.reason = f"the training loss became {train_loss} in epoch {slot.epoch}"
+                continue
+            metrics = {"train_loss": train_loss}
+            metrics.update({f"train_{name}": v / self.n for name, v in zip(self._term_names, row[1:-2])})
+            metrics["val_accuracy"], metrics["val_loss"] = row[-2], row[-1]
+            metrics["lr"] = slot.schedule.lr_after[slot.epoch]
+            metrics["epoch_time_s"] = share
+            slot.history.append(metrics)
+            last = slot.epoch >= slot.member.epochs
+            if metrics["val_accuracy"] > slot.best_acc:
+                slot.best_acc, slot.best_epoch = metrics["val_accuracy"], slot.epoch
+                if slot.member.keep_best and not last:
+                    slot.best_state = {n: t.detach().clone() for n, t in self.models.member_state(k).items()}
+                elif slot.member.keep_best:
+                    slot.best_state = None  # the final weights are the best
+            if last:
+                slot.status = "complete"
+            reports.append(EpochReport(slot.member.key, slot.epoch, metrics, last))
+        return reports
+
+    def leave(self, prune: dict[Hashable, str]) -> tuple[list[MemberResult], list[int]]:
+        """The results of the members that leave now (complete, failed, or pruned: ``prune`` maps their keys to a
+        reason), and the indices of those that stay."""
+        for slot in self.slots:
+            if slot.member.key in prune and slot.status is None:
+                slot.status, slot.reason = "pruned", prune[slot.member.key]
+        finished = [_finish(self, k) for k, s in enumerate(self.slots) if s.status is not None]
+        return finished, [k for k, s in enumerate(self.slots) if s.status is None]
+
     def epoch(self) -> list[Tensor]:
         """Train every member for one epoch (each its own next epoch); returns the per-member metric tensors (one
         host read for all of them happens in the caller)."""
-        slots, K, B, n = self.slots, len(self.slots), self.batch_size, self.n
+        slots, B, n = self.slots, self.batch_size, self.n
         for s in slots:
             s.epoch += 1
         dev = self.device
@@ -594,52 +637,18 @@ def fit_stacked(
     results: list[MemberResult] = []
     try:
         while stack.slots:
-            t0 = time.perf_counter()
-            values = stack.epoch()
-            # the one host read of the epoch, for every member
-            table = torch.stack([v.float() for v in values], 1).tolist()  # (K, 1 + terms + 2)
-            share = (time.perf_counter() - t0) / len(stack.slots)
-            reports = []
-            names = stack._term_names
-            for k, (slot, row) in enumerate(zip(stack.slots, table)):
-                slot.time_s += share
-                train_loss = row[0] / stack.n
-                if not math.isfinite(train_loss):
-                    slot.status = "failed"
-                    slot.reason = f"the training loss became {train_loss} in epoch {slot.epoch}"
-                    continue
-                metrics = {"train_loss": train_loss}
-                metrics.update({f"train_{name}": v / stack.n for name, v in zip(names, row[1:-2])})
-                metrics["val_accuracy"], metrics["val_loss"] = row[-2], row[-1]
-                metrics["lr"] = slot.schedule.lr_after[slot.epoch]
-                metrics["epoch_time_s"] = share
-                slot.history.append(metrics)
-                last = slot.epoch >= slot.member.epochs
-                if metrics["val_accuracy"] > slot.best_acc:
-                    slot.best_acc, slot.best_epoch = metrics["val_accuracy"], slot.epoch
-                    if slot.member.keep_best and not last:
-                        slot.best_state = {n: t.detach().clone() for n, t in stack.models.member_state(k).items()}
-                    elif slot.member.keep_best:
-                        slot.best_state = None  # the final weights are the best
-                if last:
-                    slot.status = "complete"
-                reports.append(EpochReport(slot.member.key, slot.epoch, metrics, last))
+            reports = stack.train_epoch()
             control._keys = [s.member.key for s in stack.slots if s.status != "failed"]
             control._prune, control._add = {}, []
             if on_epoch is not None and reports:
                 on_epoch(control, reports)
-            for slot in stack.slots:
-                if slot.member.key in control._prune and slot.status is None:
-                    slot.status, slot.reason = "pruned", control._prune[slot.member.key]
-            leaving = [k for k, s in enumerate(stack.slots) if s.status is not None]
-            finished = [_finish(stack, k) for k in leaving]
-            keep = [k for k, s in enumerate(stack.slots) if s.status is None]
+            finished, keep = stack.leave(control._prune)
             control._keys = [stack.slots[k].member.key for k in keep]  # adds of on_epoch stay in control._add
             for result in finished:
                 results.append(result)
                 if on_result is not None:
                     on_result(control, result)
-            if leaving or control._add:
+            if finished or control._add:
                 stack._build(keep, control._add)
                 control._add = []
     finally:
