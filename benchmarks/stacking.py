@@ -16,7 +16,7 @@ the rate of a matmul of the student's own layer shape (100x100x100), which is wh
 Times are CPU times of this process (``time.process_time``; torch runs on one thread): on a machine shared with
 other jobs, wall time also counts the time the process waits for a core. The wall-time medians are listed too::
 
-    .venv/bin/python benchmarks/stacking.py [--repeats 5] [--epochs 2] [--ks 1,4,8,16,32] [--batches 64,100]
+    .venv/bin/python benchmarks/stacking.py [--repeats 5] [--epochs 4] [--ks 1,4,8,16,32] [--batches 64,100]
                                             [--profile] [--write]
 
 ``--quick`` runs tiny sizes (for the smoke test). ``--write`` saves the tables to ``benchmarks/results/stacking.md``.
@@ -133,8 +133,17 @@ def matmul_rate(sizes=((1024, 1024, 1024), (512, 512, 512)), repeats: int = 7) -
     return max(rates.values()), rates
 
 
+#: operator groups of the profile summary (everything else: the loss, its backward and the glue)
+GROUPS = {
+    "matmuls (the floor's work)": ("aten::bmm", "aten::baddbmm", "aten::addmm", "aten::mm"),
+    "optimizer (fused Adam, one call per member)": ("aten::_fused_adam_", "aten::_fused_adamw_", "aten::_fused_sgd_",
+                                                    "aten::item"),
+    "activations and their gradients": ("aten::relu_", "aten::clamp_min_", "aten::threshold_backward"),
+}
+
+
 def profile_stacked(train, val, *, k: int, batch_size: int, epochs: int) -> str:
-    """The top operators of a stacked run (torch.profiler, self CPU time)."""
+    """Where a stacked run's time goes: operator groups and the top operators (torch.profiler, self time)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -142,15 +151,24 @@ def profile_stacked(train, val, *, k: int, batch_size: int, epochs: int) -> str:
     steps = epochs * -(-len(train) // batch_size)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
-    rows = [[e.key, e.count // steps if e.count >= steps else f"{e.count / steps:.2f}",
-             e.self_cpu_time_total / steps, 100 * e.self_cpu_time_total / total] for e in events[:14]]
-    return C.table(["operator", "calls / step", "µs / step (self)", "% of CPU time"], rows)
+    groups = {name: 0.0 for name in GROUPS}
+    rest = 0.0
+    for e in events:
+        group = next((g for g, ops in GROUPS.items() if e.key in ops), None)
+        if group is None:
+            rest += e.self_cpu_time_total
+        else:
+            groups[group] += e.self_cpu_time_total
+    groups["the loss (forward and backward), the rest"] = rest
+    summary = C.table(["group", "% of the time"], [[g, 100 * v / total] for g, v in groups.items()])
+    rows = [[e.key, f"{e.count / steps:.2f}", 100 * e.self_cpu_time_total / total] for e in events[:12]]
+    return summary + "\n\n" + C.table(["operator", "calls / step", "% of the time"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--ks", default="1,4,8,16,32", help="stack sizes K")
     ap.add_argument("--batches", default="64,100", help="batch sizes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a study worker has 1)")
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             for (b, k, s), vs in walls.items()) + ".",
     ]
     if args.profile and not args.quick:
-        lines += ["", "#### Where a stacked step's time goes (K=16, batch 100, torch.profiler, self CPU time)", "",
+        lines += ["", "#### Where a stacked run's time goes (K=16, batch 100, torch.profiler, operators' self time)", "",
                   profile_stacked(train, val, k=16, batch_size=100, epochs=args.epochs)]
     C.report("stacking.md", lines, args.write)
     return 0
