@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             for (b, k, s), vs in walls.items()) + ".",
     ]
     if args.profile and not args.quick:
-        lines += ["", "#### Where a stacked run's time goes (K=16, batch 100, torch.profiler, operators' self time)", "",
+        lines += ["", "#### Where a stacked run's time goes (K=16, batch 100, torch.profiler, operators' self time)",
+                  "",
                   profile_stacked(train, val, k=16, batch_size=100, epochs=args.epochs)]
     C.report("stacking.md", lines, args.write)
     return 0

@@ -189,8 +189,8 @@ def test_batchnorm_members_keep_their_own_running_statistics(rows):
 
 
 def test_the_mlp_kernel_is_taken_for_plain_mlps_only():
-    from kdlab.stacked_mlp import StackedMLP
-    from kdlab.stacking import _Stacked
+    from kdlab.stacking.mlp import StackedMLP
+    from kdlab.stacking.state import _Stacked
 
     def matched(model):
         s = _Stacked([model])

@@ -1,293 +1,33 @@
-"""Stacked trials: K trials that differ only in scalars, trained together as one batched model.
-
-A *member* is one trial: its own initial weights (its init seed), its own loss module (its temperature, alpha, ...:
-tensor buffers of a :attr:`kdlab.Loss.stackable` loss), its own optimizer hyperparameters and learning-rate schedule,
-its own batch order (its ``seed``, as :func:`kdlab.training.fit` draws it) and its own number of epochs. The stack
-keeps every member's parameters along a leading member axis and runs one forward, one backward and one update per
-batch for all of them (``torch.func.vmap`` over the model and the loss called with stacked tensors, or the
-batched-matmul kernel of :mod:`kdlab.stacked_mlp` for plain MLPs). The training rows, labels and cached teacher outputs are shared:
-never copied per member.
-
-Equivalence: a member trains exactly as ``fit`` trains it alone, up to float rounding (batched matmuls sum in another
-order): the same batches in the same order, the same schedule, the same optimizer kernel. ``tests/test_stacking.py``
-checks it, also for members pruned, failed or added mid-way. Where randomness enters the step (dropout), a member
-draws its own masks, from another stream than a lone run's: equivalent in distribution, not per step.
-
-The study integration calls :func:`fit_stacked` with :class:`Member`\\ s and two callbacks; at each epoch boundary it
-can :meth:`StackControl.prune` a member and :meth:`StackControl.add` a new one (which then trains for its own epochs,
-with its own epoch counter and batch order, beside members that are further along).
-"""
+"""Training a stack: one forward, one backward and one update per batch for every member, epochs, members
+leaving and joining between them."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal, Sequence
+from typing import Callable, Hashable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import vmap
 
 from kdlab.capture import FeatureCapture
-from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError
-from kdlab.registry import Component
-from kdlab.stacked_optim import ADAM_BETAS, Schedule, StackedOptimizer
-from kdlab.training import FitResult, TrainSet
-from kdlab.types import Loss, LossInputs, Split
-
-Status = Literal["complete", "pruned", "failed"]
-
-
-@dataclass
-class Member:
-    """One trial of a stack.
-
-    ``model`` holds the member's initial weights (build it after seeding with the member's init seed, as the engine
-    does: :meth:`from_factory`); ``loss`` is built from the member's loss params (its ``setup`` already called) and
-    must be :func:`stackable <can_stack>`. ``optimizer`` gives the member's lr, weight_decay, momentum and schedule;
-    its ``name`` must be the stack's. ``seed`` is the lone trial's ``training.seed``: it draws the batch order.
-    """
-
-    key: Hashable
-    model: nn.Module
-    loss: Loss
-    optimizer: OptimizerConfig
-    epochs: int
-    seed: int = 0
-    keep_best: bool = True
-    betas: tuple[float, float] = ADAM_BETAS
-
-    @classmethod
-    def from_factory(cls, key: Hashable, factory: Callable[[], nn.Module], init_seed: int, **kwargs: Any) -> Member:
-        """A member whose model is ``factory()`` built right after :func:`kdlab.training.seed_everything`
-        ``(init_seed)``, the weights a lone run with that seed starts from."""
-        from kdlab.training import seed_everything
-
-        seed_everything(init_seed)
-        return cls(key=key, model=factory(), **kwargs)
-
-
-@dataclass
-class EpochReport:
-    """What the epoch callback receives for one member: its own epoch number (from 1), the metrics ``fit`` gives
-    its callbacks (``train_loss``, ``train_<term>``, ``val_accuracy``, ``val_loss``, ``lr``, ``epoch_time_s``) and
-    whether this was the member's last epoch."""
-
-    key: Hashable
-    epoch: int
-    metrics: dict[str, float]
-    last: bool
-
-
-@dataclass
-class MemberResult:
-    """A member that left the stack: ``complete`` (all its epochs), ``pruned`` (by the callback) or ``failed`` (its
-    training loss became NaN or infinite; ``reason`` says so; the others went on).
-
-    ``model`` is the member's own module holding the kept weights (the best epoch's when ``keep_best``, as ``fit``
-    leaves them; a pruned or failed member's last weights), in eval mode; ``loss`` its loss module. ``train_time_s``
-    is the member's share of the stack's time: each epoch's wall time divided by the members that trained in it.
-    """
-
-    key: Hashable
-    status: Status
-    model: nn.Module
-    loss: Loss
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_accuracy: float
-    train_time_s: float
-    reason: str | None = None
-
-    @property
-    def epochs_run(self) -> int:
-        return len(self.history)
-
-    def fit_result(self) -> FitResult:
-        """The :class:`~kdlab.training.FitResult` a lone ``fit`` would have returned."""
-        return FitResult(self.epochs_run, self.best_epoch, self.best_val_accuracy, self.history, self.train_time_s)
-
-
-EpochCallback = Callable[["StackControl", list[EpochReport]], None]
-ResultCallback = Callable[["StackControl", MemberResult], None]
-
-
-# -- what stacks ----------------------------------------------------------------------------------------------------
-
-
-def can_stack(loss: type[Loss] | Loss, component: Component | None = None) -> tuple[bool, str]:
-    """Whether trials of ``loss`` (a class or an instance) with the student ``component`` can be stacked, and if
-    not, why. A loss declares it with ``stackable = True`` (:class:`kdlab.Loss`), a model component with
-    ``register(name, factory, params, stackable=True)``; a live teacher (computed every step) does not stack."""
-    cls = loss if isinstance(loss, type) else type(loss)
-    if not getattr(cls, "stackable", False):
-        return False, f"loss {cls.__name__} does not declare stackable = True"
-    if getattr(cls, "live_teacher", False):
-        return False, f"loss {cls.__name__} needs a live teacher (computed every step): stacks use cached outputs"
-    if component is not None and not component.extra.get("stackable", False):
-        return False, (f"{component.kind} {component.name!r} from {component.origin} does not declare "
-                       "stackable=True when it registers")
-    return True, ""
-
-
-def _check_members(members: Sequence[Member], optimizer_name: str | None) -> None:
-    for m in members:
-        ok, why = can_stack(m.loss)
-        if not ok:
-            raise KdlabError(f"member {m.key!r} cannot be stacked: {why}")
-        if optimizer_name is not None and m.optimizer.name != optimizer_name:
-            raise KdlabError(f"member {m.key!r} uses optimizer {m.optimizer.name!r}; this stack uses "
-                             f"{optimizer_name!r} (the optimizer kind is shared by a stack)")
-        if m.epochs <= 0:
-            raise KdlabError(f"member {m.key!r}: epochs must be > 0, got {m.epochs}")
-
-
-def _signature(module: nn.Module) -> tuple:
-    """What members must share: the module classes, tensor names, shapes and dtypes (values may differ)."""
-    return (tuple(type(m).__name__ for m in module.modules()),
-            tuple((n, tuple(t.shape), t.dtype, t.requires_grad) for n, t in module.named_parameters()),
-            tuple((n, tuple(t.shape), t.dtype) for n, t in module.named_buffers()))
-
-
-# -- the stacked state ----------------------------------------------------------------------------------------------
-
-
-class _Stacked:
-    """The members' tensors of one module kind (models or losses) along a leading member axis.
-
-    ``params`` are leaves that require a gradient where the members' parameters do; ``buffers`` are plain tensors
-    (BatchNorm's running statistics are updated in place, per member, under vmap). ``base`` is a live module of the
-    same structure that :meth:`call` runs with one member's slices swapped in (under vmap: all members at once).
-    """
-
-    def __init__(self, modules: list[nn.Module]):
-        self.params = _stack_named([dict(m.named_parameters()) for m in modules], leaves=True)
-        self.buffers = _stack_named([dict(m.named_buffers()) for m in modules], leaves=False)
-        self.set_base(modules[0])
-
-    def set_base(self, module: nn.Module) -> None:
-        self.base = module
-        self._places = []  # (owning module, its _parameters or _buffers dict, attribute name), in tensors() order
-        for kind, names in (("_parameters", self.params), ("_buffers", self.buffers)):
-            for name in names:
-                owner_name, _, attr = name.rpartition(".")
-                owner = module.get_submodule(owner_name) if owner_name else module
-                self._places.append((getattr(owner, kind), attr))
-
-    def tensors(self) -> list[Tensor]:
-        return [*self.params.values(), *self.buffers.values()]
-
-    def call(self, tensors: list[Tensor], *args: Any) -> Any:
-        """``base(*args)`` with ``tensors`` (one per parameter and buffer, in :meth:`tensors` order) in place of its
-        own: what ``torch.func.functional_call`` does, without its pytree and accessor machinery (~40 µs a call,
-        paid every step)."""
-        places = self._places
-        saved = [d[a] for d, a in places]
-        for (d, a), t in zip(places, tensors):
-            d[a] = t
-        try:
-            return self.base(*args)
-        finally:
-            for (d, a), t in zip(places, saved):
-                d[a] = t
-
-    def select(self, keep: list[int], new: list[nn.Module]) -> None:
-        idx = torch.tensor(keep, dtype=torch.long)
-        fresh_p = _stack_named([dict(m.named_parameters()) for m in new], leaves=False) if new else {}
-        fresh_b = _stack_named([dict(m.named_buffers()) for m in new], leaves=False) if new else {}
-
-        def rows(old: dict[str, Tensor], fresh: dict[str, Tensor]) -> dict[str, Tensor]:
-            out = {}
-            for name, t in old.items():
-                kept = t.detach().index_select(0, idx.to(t.device))
-                out[name] = torch.cat([kept, fresh[name].to(t.device)]) if name in fresh else kept
-            return out
-
-        self.params = {n: t.requires_grad_(self.params[n].requires_grad) for n, t in
-                       rows(self.params, fresh_p).items()}
-        self.buffers = rows(self.buffers, fresh_b)
-
-    def trainable(self) -> list[Tensor]:
-        return [p for p in self.params.values() if p.requires_grad]
-
-    def member_state(self, k: int) -> dict[str, Tensor]:
-        return {**{n: t[k] for n, t in self.params.items()}, **{n: t[k] for n, t in self.buffers.items()}}
-
-    @torch.no_grad()
-    def write_back(self, k: int, module: nn.Module) -> None:
-        """Copy member ``k``'s rows into its own module."""
-        for name, t in module.named_parameters():
-            t.copy_(self.params[name][k])
-        for name, t in module.named_buffers():
-            t.copy_(self.buffers[name][k])
-
-
-def _stack_named(dicts: list[dict[str, Tensor]], *, leaves: bool) -> dict[str, Tensor]:
-    out = {}
-    for name in dicts[0]:
-        t = torch.stack([d[name].detach() for d in dicts])
-        out[name] = t.requires_grad_(dicts[0][name].requires_grad) if leaves else t
-    return out
-
-
-@dataclass
-class _Slot:
-    """Book-keeping of one member while it is in the stack."""
-
-    member: Member
-    schedule: Schedule
-    gen: torch.Generator
-    epoch: int = 0  # epochs done
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    best_state: dict[str, Tensor] | None = None
-    time_s: float = 0.0
-    status: Status | None = None
-    reason: str | None = None
-
-
-class StackControl:
-    """What the callbacks can do to the running stack, at an epoch boundary."""
-
-    def __init__(self, capacity: int | None):
-        self.capacity = capacity
-        self._keys: list[Hashable] = []
-        self._prune: dict[Hashable, str] = {}
-        self._add: list[Member] = []
-
-    @property
-    def keys(self) -> list[Hashable]:
-        """Keys of the members in the stack (in ``on_epoch``: also those whose last epoch this was; pruned ones and
-        ones added at this boundary not counted)."""
-        return [k for k in self._keys if k not in self._prune]
-
-    @property
-    def free(self) -> int | None:
-        """Slots free for :meth:`add` (``None``: no capacity given). In ``on_epoch`` members whose last epoch this was
-        still hold their slots; ``on_result`` sees them freed."""
-        if self.capacity is None:
-            return None
-        return self.capacity - len(self.keys) - len(self._add)
-
-    def prune(self, key: Hashable, reason: str = "pruned") -> None:
-        """Remove member ``key`` after this epoch; it ends with status ``pruned`` (its compute is freed)."""
-        if key not in self._keys:
-            raise KeyError(f"no member {key!r} in the stack (members: {self._keys})")
-        self._prune[key] = reason
-
-    def add(self, member: Member) -> None:
-        """Add ``member`` at this epoch boundary: it trains for its own ``epochs`` from its own epoch 1."""
-        if self.free is not None and self.free <= 0:
-            raise KdlabError(f"the stack is full ({self.capacity} members)")
-        if member.key in self._keys or any(m.key == member.key for m in self._add):
-            raise KdlabError(f"a member with key {member.key!r} is already in the stack")
-        self._add.append(member)
-
+from kdlab.stacking.members import (
+    EpochCallback,
+    EpochReport,
+    Member,
+    MemberResult,
+    ResultCallback,
+    _check_members,
+    _signature,
+)
+from kdlab.stacking.optim import Schedule, StackedOptimizer
+from kdlab.stacking.state import StackControl, _Slot, _Stacked
+from kdlab.training import TrainSet
+from kdlab.types import LossInputs, Split
 
 # -- the loop -------------------------------------------------------------------------------------------------------
 
@@ -351,7 +91,7 @@ class _Stack:
 
     def _compile(self) -> None:
         """The batched step function for the current members."""
-        from kdlab.stacked_mlp import StackedMLP
+        from kdlab.stacking.mlp import StackedMLP
 
         loss0 = self.slots[0].member.loss
         self.close()
@@ -555,7 +295,7 @@ class _Stack:
                     outs.append(self.mlp.forward(xb, True, train=False).transpose(1, 2).float())
                 else:
                     mt = models.tensors()
-                    outs.append(_batched(lambda *t: (models.call(list(t), xb),), len(self.slots), mt,
+                    outs.append(_batched(lambda *t, xb=xb: (models.call(list(t), xb),), len(self.slots), mt,
                                          [0] * len(mt))[0].float())
                 if self.s_capture:
                     self.s_capture.take()
@@ -618,7 +358,7 @@ def fit_stacked(
     :meth:`StackControl.add` new ones (up to ``capacity``). Then every member that left (complete, pruned, failed)
     goes to ``on_result(control, result)``, which may add members too. Training ends when the stack is empty.
 
-    ``kernel``: ``mlp`` runs a plain MLP's layers as batched matmuls (:mod:`kdlab.stacked_mlp`), ``vmap`` runs any
+    ``kernel``: ``mlp`` runs a plain MLP's layers as batched matmuls (:mod:`kdlab.stacking.mlp`), ``vmap`` runs any
     model through ``torch.func.vmap``; ``auto`` takes ``mlp`` where the model is one. One host read per epoch, none
     per step.
     """
@@ -668,3 +408,4 @@ def _finish(stack: _Stack, k: int) -> MemberResult:
     m.model.eval()
     return MemberResult(m.key, slot.status, m.model, m.loss, slot.history, slot.best_epoch, slot.best_acc,
                         slot.time_s, slot.reason)
+
