@@ -153,7 +153,8 @@ class Tracker:
     def register_model(self, name: str, model_id: str, *, alias: str | None, run_id: str | None,
                        tags: dict[str, Any] | None = None, description: str | None = None) -> str:
         """Register the logged model ``model_id`` as a new version of the registered model ``name`` (created if
-        missing), with ``tags``, ``description`` and ``alias`` pointing at it. Returns the version."""
+        missing; a version of the same model is reused), with ``tags``, ``description`` and ``alias`` pointing at
+        it. Returns the version."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -161,9 +162,11 @@ class Tracker:
         except MlflowException as exc:
             if "already exists" not in str(exc).lower():
                 raise
-        version = _retry(self.client.create_model_version, name, source=f"models:/{model_id}", run_id=run_id,
-                         tags={k: str(v) for k, v in (tags or {}).items()}, description=description,
-                         model_id=model_id)
+        source = f"models:/{model_id}"
+        same = [v for v in _retry(self.client.search_model_versions, f"name='{name}'") if v.source == source]
+        version = same[0] if same else _retry(
+            self.client.create_model_version, name, source=source, run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()}, description=description, model_id=model_id)
         if alias:
             _retry(self.client.set_registered_model_alias, name, alias, version.version)
         if description:
@@ -202,10 +205,10 @@ class TrackedRun:
         if items:
             _retry(self.client.log_batch, self.run_id, tags=items)
 
-    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, step: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
+        ts = timestamp_ms or int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
