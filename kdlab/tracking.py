@@ -155,8 +155,10 @@ class Tracker:
         """Register the logged model ``model_id`` as a new version of the registered model ``name`` (created if
         missing; a version of the same model is reused), with ``tags``, ``description`` and ``alias`` pointing at
         it. Returns the version."""
+        import mlflow
         from mlflow.exceptions import MlflowException
 
+        mlflow.set_tracking_uri(self.uri)  # the SQL registry reads the logged model through the fluent URI
         try:
             _retry(self.client.create_registered_model, name)
         except MlflowException as exc:
