@@ -16,6 +16,8 @@ from kdlab import paths, store
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: the tag MLflow shows as the description of a run, an experiment or a logged model
 NOTE = "mlflow.note.content"
+#: tags of the experiments kdlab creates: the UI opens them as model training (runs, charts), not as GenAI (traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _retry(fn, *args, attempts: int = 8, **kwargs):
@@ -95,7 +97,7 @@ class Tracker:
             # (kdlab/store.py); without kdlab's resolver, the absolute folder as before
             location = store.LOCATION if store.relocatable(self.uri) else paths.default_artifact_root().as_uri()
         try:
-            return _retry(self.client.create_experiment, name, artifact_location=location)
+            return _retry(self.client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # noqa: BLE001 - another worker created it first
             exp = _retry(self.client.get_experiment_by_name, name)
             if exp is None:
@@ -144,11 +146,12 @@ class Tracker:
     def describe_experiment(self, text: str, *, replace: bool = False) -> None:
         """Set the experiment's description (the UI's ``mlflow.note.content``), unless it has one and not
         ``replace``."""
-        if not replace:
-            exp = _retry(self.client.get_experiment, self.experiment_id)
-            if exp.tags.get(NOTE):
-                return
-        _retry(self.client.set_experiment_tag, self.experiment_id, NOTE, text)
+        exp = _retry(self.client.get_experiment, self.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in exp.tags:  # an experiment made before kdlab set it
+                _retry(self.client.set_experiment_tag, self.experiment_id, key, value)
+        if replace or not exp.tags.get(NOTE):
+            _retry(self.client.set_experiment_tag, self.experiment_id, NOTE, text)
 
     def register_model(self, name: str, model_id: str, *, alias: str | None, run_id: str | None,
                        tags: dict[str, Any] | None = None, description: str | None = None) -> str:

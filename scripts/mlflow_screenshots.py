@@ -72,8 +72,8 @@ def pages(uri: str, experiment: str | None) -> list[tuple[str, str]]:
     _, exp, parent = max(studies, key=lambda s: s[0])
     eid, pid = exp.experiment_id, parent.info.run_id
     runs = client.search_runs([eid])
-    out = [("01-experiment", f"#/experiments/{eid}"),
-           ("02-experiment-chart", f"#/experiments/{eid}?compareRunsMode=CHART"),
+    out = [("01-experiment", f"#/experiments/{eid}/runs"),
+           ("02-experiment-chart", f"#/experiments/{eid}/runs?compareRunsMode=CHART"),
            ("03-study-run", f"#/experiments/{eid}/runs/{pid}"),
            ("04-study-run-metrics", f"#/experiments/{eid}/runs/{pid}/model-metrics"),
            ("05-study-plot-comparison", f"#/experiments/{eid}/runs/{pid}/artifacts/plots/comparison.png"),

@@ -8,7 +8,7 @@ import html
 import math
 from typing import Any
 
-from kdlab.study.plots import View, comparison_rows, pareto, reference_lines
+from kdlab.study.plots import View, comparison_rows, pareto, reference_lines, wrap
 
 COMPLETE, PRUNED, BEST, REF = "#1f77b4", "#9e9e9e", "#d62728", "#555555"
 WIDTH, HEIGHT = 860, 460
@@ -101,32 +101,36 @@ def _parallel(view: View) -> Any:
     import plotly.graph_objects as go
 
     pts = [q for q in view.points if all(d.name in q.params for d in view.dims)]
+    def numeric(label: str, vals: list[float], log: bool) -> dict[str, Any]:
+        # four ticks per axis, plain numbers: plotly's own ticks crowd a short axis
+        f = (lambda v: math.log10(v)) if log else (lambda v: v)
+        scaled = [f(v) for v in vals]
+        lo, hi = min(scaled), max(scaled)
+        ticks = [lo + (hi - lo) * i / 3 for i in range(4)] if hi > lo else [lo]
+        text = [f"{(10 ** t if log else t):.3g}" for t in ticks]
+        return {"label": label, "values": scaled, "tickvals": ticks, "ticktext": text}
+
     dims = []
     for d in view.dims:
         vals = [q.params[d.name] for q in pts]
+        label = "<br>".join(wrap(d.name, 14))
         if d.numeric:
-            if d.log and all(float(v) > 0 for v in vals):
-                logs = [math.log10(float(v)) for v in vals]
-                lo, hi = min(logs), max(logs)
-                ticks = [lo + (hi - lo) * i / 3 for i in range(4)] if hi > lo else [lo]
-                dims.append({"label": d.name, "values": logs, "tickvals": ticks,
-                             "ticktext": [f"{10 ** t:.3g}" for t in ticks]})
-            else:
-                dims.append({"label": d.name, "values": [float(v) for v in vals]})
+            nums = [float(v) for v in vals]
+            dims.append(numeric(label, nums, d.log and all(v > 0 for v in nums)))
         else:
             cats = sorted({str(v) for v in vals})
-            dims.append({"label": d.name, "values": [cats.index(str(v)) for v in vals],
+            dims.append({"label": label, "values": [cats.index(str(v)) for v in vals],
                          "tickvals": list(range(len(cats))), "ticktext": cats})
-    dims.append({"label": view.objective, "values": [q.value for q in pts]})
+    dims.append(numeric(view.objective, [q.value for q in pts], False))
     if view.pruned:
         dims.append({"label": "state", "values": [0 if q.state == "COMPLETE" else 1 for q in pts],
                      "tickvals": [0, 1], "ticktext": ["complete", "pruned"]})
     fig = go.Figure(go.Parcoords(line={"color": [q.value for q in pts], "colorscale": "Viridis",
                                        "reversescale": not view.maximize, "showscale": True,
                                        "colorbar": {"title": view.objective}},
-                                 dimensions=dims, labelangle=-12, labelside="bottom"))
+                                 dimensions=dims, labelside="bottom"))
     fig.update_layout(title="Parallel coordinates (pruned trials at their last reported value)", height=HEIGHT + 40,
-                      margin={"b": 90})
+                      margin={"b": 100, "l": 70})
     return fig
 
 
@@ -146,7 +150,8 @@ def _slice(view: View) -> Any:
                             y=[q.value for q in pts], mode="markers", marker={"color": color, "symbol": symbol},
                             name="complete" if state == "COMPLETE" else "pruned", showlegend=i == 0,
                             hovertext=[_hover(q) for q in pts], hoverinfo="text", row=r, col=c)
-        fig.update_xaxes(title_text=d.name, type="log" if d.log else None, row=r, col=c)
+        fig.update_xaxes(title_text=d.name, type="log" if d.log else None, dtick="D2" if d.log else None, row=r,
+                         col=c)
     fig.update_yaxes(title_text=view.objective, col=1)
     fig.update_layout(title=f"{view.objective} against each searched param", height=320 * rows + 120)
     return fig

@@ -8,7 +8,7 @@ from typing import Any
 
 from kdlab.study.plots import View, comparison_rows, pareto, reference_lines, wrap
 
-SIZE = (8.8, 5.0)
+SIZE = (7.6, 4.6)
 DPI = 100
 COMPLETE, PRUNED, BEST, REF = "#1f77b4", "#9e9e9e", "#d62728", "#555555"
 
@@ -20,9 +20,11 @@ def figure(view: View, name: str) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = _DRAW[name](view, plt)
-    fig.set_dpi(DPI)
-    fig.tight_layout()
+    # sized for the UI's artifact pane, which scales a picture down to its width: large type, few words
+    with matplotlib.rc_context({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10}):
+        fig = _DRAW[name](view, plt)
+        fig.set_dpi(DPI)
+        fig.tight_layout(rect=getattr(fig, "kdlab_rect", None))
     return fig
 
 
@@ -34,7 +36,7 @@ def _refs(ax, view: View) -> None:
     for label, value in reference_lines(view):
         ax.axhline(value, color=REF, linestyle=":" if label == "teacher" else "--", linewidth=1)
         ax.annotate(f"{label} {value:.4g}", (1.0, value), xycoords=("axes fraction", "data"), xytext=(-4, 3),
-                    textcoords="offset points", ha="right", fontsize=8, color=REF)
+                    textcoords="offset points", ha="right", fontsize=10, color=REF)
 
 
 def _history(view: View, plt) -> Any:
@@ -57,7 +59,7 @@ def _history(view: View, plt) -> Any:
     ax.set_ylabel(_objective_label(view))
     ax.set_title(f"Optimisation history of study {view.study}")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="best", fontsize=9)
+    ax.legend(loc="best", fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 
@@ -67,7 +69,7 @@ def _importances(view: View, plt) -> Any:
     fig, ax = plt.subplots(figsize=(SIZE[0], max(2.5, 0.6 * len(items) + 1.5)))
     ax.barh([k for k, _ in items], [v for _, v in items], color=COMPLETE)
     for i, (_, v) in enumerate(items):
-        ax.annotate(f"{v:.2f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=9)
+        ax.annotate(f"{v:.2f}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=10)
     ax.set_xlim(0, max(1.0, max(v for _, v in items) * 1.15))
     ax.set_xlabel(f"importance for {view.objective} (fANOVA, sums to 1)")
     ax.set_title(f"Parameter importances ({len(view.complete)} complete trials)")
@@ -112,18 +114,16 @@ def _parallel(view: View, plt) -> Any:
     for x, (_, labels, pos) in zip(xs, cols):
         ax.axvline(x, color="black", linewidth=0.8)
         for label, y in zip(labels, pos):
-            ax.annotate(label, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=8, va="center")
-    ax.set_xticks(xs, ["\n".join(wrap(n)) for n in names], fontsize=9)
+            ax.annotate(label, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=10, va="center",
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    ax.set_xticks(xs, ["\n".join(wrap(n, 12)) for n in names], fontsize=10)
     ax.set_yticks([])
     ax.set_xlim(-0.1, len(axes) - 0.6)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     sm = mpl.cm.ScalarMappable(norm=cnorm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label=f"{view.objective} (complete trials)", pad=0.02)
-    title = "Parallel coordinates"
-    if view.pruned:
-        title += " (dashed grey: pruned trials, at their last reported value)"
-    ax.set_title(title, fontsize=11)
+    ax.set_title("Parallel coordinates" + (" (dashed: pruned, at their last value)" if view.pruned else ""))
     return fig
 
 
@@ -139,9 +139,9 @@ def _slice(view: View, plt) -> Any:
             ax.scatter(xs, [q.value for q in pts], color=color, marker=marker, s=28,
                        label="complete" if state == "COMPLETE" else "pruned")
         if d.log:
-            ax.set_xscale("log")
-        ax.set_xlabel(d.name, fontsize=9)
-        ax.tick_params(labelsize=8)
+            _log_axis(ax.xaxis)
+        ax.set_xlabel(d.name, fontsize=10)
+        ax.tick_params(labelsize=10)
         ax.grid(alpha=0.3)
         for label, value in reference_lines(view):
             ax.axhline(value, color=REF, linestyle=":" if label == "teacher" else "--", linewidth=1)
@@ -149,9 +149,22 @@ def _slice(view: View, plt) -> Any:
         ax.set_visible(False)
     for r in range(rows):
         axs[r][0].set_ylabel(view.objective)
-    axs.flat[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"{view.objective} against each searched param (dotted: teacher, dashed: ce baseline)", fontsize=11)
+    if view.pruned:
+        handles, labels = axs.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+        fig.kdlab_rect = (0, 0.06, 1, 1)
+    fig.suptitle(f"{view.objective} against each searched param\n(dotted: teacher, dashed: ce baseline)", fontsize=12)
     return fig
+
+
+def _log_axis(axis) -> None:
+    """A log axis with a few plain-number ticks (1, 2, 5 per decade) and no crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=5))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _comparison(view: View, plt) -> Any:
@@ -165,7 +178,7 @@ def _comparison(view: View, plt) -> Any:
     lo = min(v for _, v, _ in rows)
     ax.set_xlim(max(0.0, lo - 0.15), 1.0)
     ax.set_xlabel("test accuracy")
-    ax.tick_params(axis="y", labelsize=9)
+    ax.tick_params(axis="y", labelsize=11)
     ax.set_title("Teacher, ce baseline and the best distilled student")
     return fig
 
@@ -175,7 +188,7 @@ def _front(ax, pts, fx, fy, x_small: bool, y_large: bool) -> None:
     front = pareto(pts, fx, fy, x_small, y_large)
     ax.plot([fx(q) for q in front], [fy(q) for q in front], color=BEST, marker="o", label="Pareto front")
     for q in front:
-        ax.annotate(f"#{q.number}", (fx(q), fy(q)), xytext=(4, -10), textcoords="offset points", fontsize=8)
+        ax.annotate(f"#{q.number}", (fx(q), fy(q)), xytext=(4, -10), textcoords="offset points", fontsize=10)
 
 
 def _accuracy_vs_size(view: View, plt) -> Any:
@@ -184,11 +197,11 @@ def _accuracy_vs_size(view: View, plt) -> Any:
     _front(ax, pts, lambda q: q.metrics["student_params"], lambda q: q.metrics["val_accuracy"], True, True)
     for label, value in reference_lines(view) if view.objective == "val_accuracy" else []:
         ax.axhline(value, color=REF, linestyle=":" if label == "teacher" else "--", linewidth=1, label=label)
-    ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_xlabel("student parameters (log scale)")
     ax.set_ylabel("val_accuracy")
-    ax.set_title("Accuracy against student size (Pareto front: no smaller student is as accurate)")
-    ax.legend(fontsize=9)
+    ax.set_title("Accuracy against student size\n(Pareto front: no smaller student is as accurate)")
+    ax.legend(fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 
@@ -200,7 +213,7 @@ def _pareto(view: View, plt) -> Any:
     ax.set_xlabel(f"{m1} ({d1})")
     ax.set_ylabel(f"{m0} ({d0})")
     ax.set_title("Pareto front of the first two objectives")
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 
