@@ -46,8 +46,9 @@ STEPS = ("Per-epoch metrics are logged at step = epoch (1, 2, ...). A run's fina
 
 #: metrics of a study's parent run (``study-<name>``)
 STUDY: dict[str, str] = {
-    "trial_<objective>": "each complete trial's objective value (e.g. `trial_val_accuracy`), at step = trial "
-                         "number: the UI's charts draw the search's progress",
+    "trials/<objective>": "each complete trial's objective value (e.g. `trials/val_accuracy`), at step = trial "
+                          "number; `trials/best_<objective>`: the best value so far (single objective). The UI "
+                          "groups them as the section `trials`, drawn as lines over the trials, above the summary",
     "best_<metric>": "the best trial's final metrics (`best_val_accuracy`, `best_test_accuracy`, "
                      "`best_student_params`, `best_student_flops`, ...; the first of the Pareto front when there "
                      "are several objectives)",

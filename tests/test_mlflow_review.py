@@ -92,9 +92,12 @@ def test_study_run_params_and_records(study_store):
     pm = parent.data.metrics
     assert "best_best_epoch" not in pm and "best_val_accuracy" in pm and "best_student_flops" in pm
     # each trial's objective, stepped by trial number, for the UI's own charts
-    history = client.get_metric_history(parent.info.run_id, "trial_val_accuracy")
+    history = client.get_metric_history(parent.info.run_id, "trials/val_accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2]
-    assert {m.step: m.value for m in history}[1] == runs["trial-1"].data.metrics["best_val_accuracy"]
+    values = {m.step: m.value for m in history}
+    assert values[1] == runs["trial-1"].data.metrics["best_val_accuracy"]
+    best = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, "trials/best_val_accuracy")}
+    assert best == {n: max(values[i] for i in range(n + 1)) for n in range(3)}
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "best_val_accuracy")] == [0]
 
 

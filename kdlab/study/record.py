@@ -153,14 +153,22 @@ def study_note(lstudy: LoadedStudy, summary: dict[str, Any], tracker: Tracker) -
 
 
 def log_trial_objectives(study, lstudy: LoadedStudy, parent: TrackedRun) -> None:
-    """Each complete trial's objective(s) as ``trial_<metric>`` at step = trial number, stamped with the trial's
-    completion time (so a resumed study's record keeps one point per trial)."""
+    """Each complete trial's objective(s) as ``trials/<metric>`` at step = trial number, and for one objective the
+    best so far as ``trials/best_<metric>`` (the ``/`` makes them a section of their own in the UI, above the
+    summary). Stamped with the trial's completion time, so that a resumed study's record keeps one point per trial."""
     from optuna.trial import TrialState
 
-    objectives = [o.metric for o in lstudy.study.objectives]
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    objectives = lstudy.study.objectives
+    best = None
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         ts = int(t.datetime_complete.timestamp() * 1000) if t.datetime_complete else None
-        parent.log_epoch(t.number, {f"trial_{m}": v for m, v in zip(objectives, t.values)}, timestamp_ms=ts)
+        values = {f"trials/{o.metric}": v for o, v in zip(objectives, t.values)}
+        if len(objectives) == 1:
+            v = t.values[0]
+            if best is None or (v > best if objectives[0].direction == "maximize" else v < best):
+                best = v
+            values[f"trials/best_{objectives[0].metric}"] = best
+        parent.log_epoch(t.number, values, timestamp_ms=ts)
     parent.flush()
 
 
