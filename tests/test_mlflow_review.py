@@ -227,7 +227,7 @@ def test_costs_and_the_export_fallback(write_config, kdlab_home, monkeypatch):
     # a student torch.export refuses (as found before training) is logged in MLflow's pickle format
     monkeypatch.setattr(distill, "export_problem", lambda model, x: "Unsupported: data-dependent control flow")
     result = _one_run(write_config, **{"tracking.log_model": True, "training.epochs": 1,
-                                       "teacher.training.epochs": 1})
+                                       "teacher.training.epochs": 1, "tracking.register_model": "tiny"})
     m = result.metrics
     assert m["student_flops"] == 2 * (64 * 16 + 16 * 10) and m["teacher_flops"] == 2 * (64 * 64 + 64 * 10)
     assert m["flops_compression_ratio"] == m["teacher_flops"] / m["student_flops"]
@@ -239,6 +239,9 @@ def test_costs_and_the_export_fallback(write_config, kdlab_home, monkeypatch):
     assert model.tags["kdlab.pt2_skipped"].startswith("Unsupported") and model.status.name == "READY"
     mlflow.set_tracking_uri(f"sqlite:///{kdlab_home / 'mlflow.db'}")
     assert mlflow.pytorch.load_model(f"models:/{model.model_id}") is not None
+    # a plain run's student is registered too when asked, under the alias champion
+    assert client.get_model_version_by_alias("tiny", "champion").source == f"models:/{model.model_id}"
+    assert mlflow.pytorch.load_model("models:/tiny@champion") is not None
 
 
 def test_export_problem_names_what_torch_export_refuses():
