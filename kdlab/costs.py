@@ -44,7 +44,7 @@ def flops_per_example(model: nn.Module, x: Tensor) -> float | None:
 
 def latency_ms(model: nn.Module, x: Tensor, repeats: int = REPEATS) -> float:
     """Median milliseconds of one forward pass over ``x`` on its device (eval mode, no autograd), after a warm-up;
-    at most ``repeats`` passes and at least 3, within about :data:`TIME_BUDGET_S`."""
+    at most ``repeats`` passes and at least 3, within about :data:`TIME_BUDGET_S`; to 4 significant digits."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     was_training = model.training
     model.eval()
@@ -62,7 +62,7 @@ def latency_ms(model: nn.Module, x: Tensor, repeats: int = REPEATS) -> float:
                 times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         model.train(was_training)
-    return statistics.median(times)
+    return float(f"{statistics.median(times):.4g}")  # to the precision a timing has
 
 
 def model_costs(model: nn.Module, x: Tensor, role: str) -> dict[str, float]:

@@ -136,9 +136,9 @@ def run_description(loaded: LoadedConfig, role: str, *, flat: dict[str, Any], te
     student = component_text(cfg.student)
     teacher = ""
     if cfg.teacher is not None and cfg.loss.name != "ce":
-        teacher = f" distilled from teacher {component_text(cfg.teacher, 60)}"
-        if teacher_link:
-            teacher += f" ([run]({teacher_link}))"
+        # the teacher by name and link: its own run describes it
+        teacher = f" distilled from teacher [`{cfg.teacher.name}`]({teacher_link})" if teacher_link else \
+            f" distilled from teacher `{cfg.teacher.name}`"
     study_ref = f"[{study}]({study_link})" if study and study_link else (f"`{study}`" if study else "")
     if role == "baseline":
         head = f"`ce` baseline of study {study_ref}: " if study_ref else "`ce` baseline: "
@@ -148,8 +148,9 @@ def run_description(loaded: LoadedConfig, role: str, *, flat: dict[str, Any], te
         head = f"Trial {trial_number} of study {study_ref}: " if study_ref else f"Trial {trial_number}: "
     else:
         head = f"{role.capitalize()} run: "
-    text = f"{head}student {student}{teacher} with loss {component_text(cfg.loss, 60)}"
     searched = searched_text(loaded, flat) if role == "trial" else ""
+    loss = f"`{cfg.loss.name}`" if searched else component_text(cfg.loss, 60)
+    text = f"{head}student {student}{teacher} with loss {loss}"
     if searched:
         text += f"; searched: {searched}"
     else:

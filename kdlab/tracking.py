@@ -172,6 +172,13 @@ class Tracker:
         version = same[0] if same else _retry(
             self.client.create_model_version, name, source=source, run_id=run_id,
             tags={k: str(v) for k, v in (tags or {}).items()}, description=description, model_id=model_id)
+        if not same:  # the logged model's page lists its versions (as mlflow.register_model records them)
+            import json
+
+            key = "mlflow.modelVersions"
+            linked = json.loads(_retry(self.client.get_logged_model, model_id).tags.get(key) or "[]")
+            linked.append({"name": name, "version": version.version})
+            _retry(self.client.set_logged_model_tags, model_id, {key: json.dumps(linked)})
         if alias:
             _retry(self.client.set_registered_model_alias, name, alias, version.version)
         if description:

@@ -49,6 +49,7 @@ def shoot(browser: str, url: str, path: Path, width: int, height: int, wait_ms: 
     with tempfile.TemporaryDirectory() as profile:
         cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-extensions", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+               "--run-all-compositor-stages-before-draw",
                f"--window-size={width},{height}", f"--virtual-time-budget={wait_ms}", f"--screenshot={path}", url]
         subprocess.run(cmd, capture_output=True, timeout=120)
     print(f"{path.name}: {url}" if path.exists() else f"FAILED {path.name}: {url}")
@@ -103,13 +104,13 @@ def pages(uri: str, experiment: str | None) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=os.environ.get("KDLAB_HOME", "kdlab-runs"),
-                    help="the kdlab store: a folder with mlflow.db and artifacts/ (default: $KDLAB_HOME or ./kdlab-runs)")
+                    help="a kdlab store: a folder with mlflow.db and artifacts/ (default: $KDLAB_HOME, ./kdlab-runs)")
     ap.add_argument("--experiment", help="the study's experiment (default: the newest study)")
     ap.add_argument("--out", default="screenshots", help="folder for the PNGs (default: ./screenshots)")
     ap.add_argument("--port", type=int, default=5055)
     ap.add_argument("--width", type=int, default=1440)
     ap.add_argument("--height", type=int, default=1000)
-    ap.add_argument("--wait-ms", type=int, default=20000, help="how long the page may load before the shot")
+    ap.add_argument("--wait-ms", type=int, default=40000, help="how long the page may load before the shot")
     args = ap.parse_args(argv)
     store = Path(args.store).resolve()
     uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
         wait_for(f"{base}/health")
+        # the first page a fresh server sends is slow (its bundle read from disk): load one before the shots
+        shoot(browser, f"{base}/#/experiments", out / "00-warm-up.png", args.width, args.height, args.wait_ms)
         for name, fragment in todo:
             shoot(browser, f"{base}/{fragment}", out / f"{name}.png", args.width, args.height, args.wait_ms)
     finally:

@@ -109,7 +109,7 @@ def test_descriptions_and_provenance(study_store):
     trial = runs["trial-2"]
     note = trial.data.tags[NOTE]
     assert note.startswith("Trial 2 of study [review]") and "loss.params.temperature" in note
-    assert "teacher `mlp`" in note and "[run](#/experiments/" in note
+    assert "teacher [`mlp`](#/experiments/" in note
     assert runs["baseline-ce"].data.tags[NOTE].startswith("`ce` baseline of study")
     teacher = next(r for r in runs.values() if r.data.tags.get("kdlab.role") == "teacher")
     tnote = teacher.data.tags[NOTE]
@@ -145,6 +145,9 @@ def test_logged_models_carry_metrics_and_data(study_store):
     version = client.get_model_version_by_alias("digits-student", "champion")
     assert version.source == f"models:/{out.model_id}" and version.run_id == best.info.run_id
     assert version.tags["kdlab.study"] == "review"
+    # and the logged model's page lists the version
+    linked = json.loads(client.get_logged_model(out.model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": "digits-student", "version": version.version}]
     assert float(version.tags["metric.test_accuracy"]) == best.data.metrics["test_accuracy"]
 
 
@@ -217,8 +220,9 @@ def test_a_pruned_run_says_so_in_its_description(write_config, kdlab_home):
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("test").experiment_id])
               if r.data.tags.get("kdlab.role") == "trial"]
     assert run.info.status == "KILLED"
-    assert "**Pruned** (MLflow status KILLED): stopped after epoch 2 of 3" in run.data.tags[NOTE]
-    assert run.data.tags[NOTE].startswith("Trial 0: student `mlp`")
+    note = run.data.tags[NOTE]
+    assert note.startswith("**Pruned** (MLflow status KILLED): stopped after epoch 2 of 3")
+    assert "\n\nTrial 0: student `mlp`" in note
 
 
 def test_costs_and_the_export_fallback(write_config, kdlab_home, monkeypatch):

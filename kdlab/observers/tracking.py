@@ -55,4 +55,5 @@ def outcome_note(description: str | None, status: str, reason: str) -> str:
         line = f"**Interrupted** (MLflow status {KILLED})"
     else:
         line = f"**Failed** (MLflow status {FAILED}): {reason}"
-    return (f"{description}\n\n{line}" if description else line)[:5000]
+    # first, so that the UI's collapsed description shows it
+    return (f"{line}\n\n{description}" if description else line)[:5000]

@@ -73,10 +73,10 @@ def open_parent_run(study, lstudy: LoadedStudy, tracker: Tracker) -> TrackedRun:
 def _what(lstudy: LoadedStudy) -> str:
     cfg = lstudy.loaded.config
     s = lstudy.study
-    teacher = f" from teacher {component_text(cfg.teacher, 60)}" if cfg.teacher is not None else ""
+    teacher = f" teacher `{cfg.teacher.name}`" if cfg.teacher is not None else ""
     objective = ", ".join(f"{o.direction} {o.metric}" for o in s.objectives)
     searched = ", ".join(s.search) or "nothing"
-    return (f"distils{teacher} into student {component_text(cfg.student, 60)} with loss `{cfg.loss.name}` on "
+    return (f"distils{teacher} into student {component_text(cfg.student, 40)} with loss `{cfg.loss.name}` on "
             f"`{cfg.data.name}`, searching {searched}; objective: {objective}")
 
 
