@@ -11,7 +11,7 @@ from typing import Any
 from kdlab.study.plots import View, comparison_rows, pareto, reference_lines, wrap
 
 COMPLETE, PRUNED, BEST, REF = "#1f77b4", "#9e9e9e", "#d62728", "#555555"
-WIDTH, HEIGHT = 860, 460
+HEIGHT = 460
 
 
 def available() -> bool:
@@ -33,10 +33,11 @@ def page(view: View, names: list[str]) -> str:
     first = True
     for name in names:
         fig = _DRAW[name](view)
-        fig.update_layout(width=WIDTH, template="plotly_white", margin={"l": 60, "r": 30, "t": 60, "b": 60},
+        # as wide as the UI's artifact pane (responsive), never wider: no horizontal scrolling
+        fig.update_layout(autosize=True, template="plotly_white", margin={"l": 60, "r": 30, "t": 60, "b": 60},
                           font={"size": 12})
         parts.append(pio.to_html(fig, full_html=False, include_plotlyjs="inline" if first else False,
-                                 config={"displaylogo": False}))
+                                 default_width="100%", config={"displaylogo": False, "responsive": True}))
         first = False
     body = "\n".join(parts)
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>study "
