@@ -45,6 +45,7 @@ def study_store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KDLAB_HOME", str(home))
         mp.delenv("KDLAB_CACHE_DIR", raising=False)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it to the last store used in this process
         run_study(str(path), StudyOptions(quiet=True))
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("review")
