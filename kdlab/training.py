@@ -23,7 +23,7 @@ from kdlab.batch import Inputs
 from kdlab.capture import FeatureCapture
 from kdlab.config import LoaderConfig, OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
-from kdlab.functional import accuracy
+from kdlab.functional import count_correct
 from kdlab.loading import Evaluation, MemoryFeed, StreamFeed, Views, num_rows, streamed
 from kdlab.types import Loss, LossInputs, Split
 
@@ -56,6 +56,8 @@ class FitResult:
     best_val_accuracy: float
     history: list[dict[str, float]]
     train_time_s: float
+    #: the last epoch's weights when the model was given back with an earlier (best) epoch's, else None
+    last_state: dict[str, Tensor] | None = None
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -275,14 +277,17 @@ def fit(
                 values, steps = terms[k]
                 weights = rows if len(steps) == len(rows) else rows[[i // batch_size for i in steps]]
                 sums.append(torch.dot(torch.stack(values).float().reshape(-1), weights))
-            stacked = torch.stack([*sums, accuracy(val_logits, val_y),
-                                   F.cross_entropy(val_logits, val_y)]).tolist()  # the one host sync per epoch
+            # the one host sync per epoch; float64 (where the device has it) keeps the hit count exact
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            stacked = torch.stack([s.to(wide) for s in (*sums, count_correct(val_logits, val_y),
+                                                        F.cross_entropy(val_logits, val_y))]).tolist()
             train_loss = stacked[0] / n
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"the training loss became {train_loss} in epoch {epoch}")
             metrics = {"train_loss": train_loss}
             metrics.update({f"train_{k}": v / n for k, v in zip(names, stacked[1:-2])})
-            metrics["val_accuracy"], metrics["val_loss"] = stacked[-2], stacked[-1]
+            metrics["val_accuracy"] = exact_fraction(round(stacked[-2]), len(val_y))
+            metrics["val_loss"] = stacked[-1]
             metrics["lr"] = opt.param_groups[0]["lr"]
             metrics["epoch_time_s"] = time.perf_counter() - t0
             history.append(metrics)
@@ -301,10 +306,22 @@ def fit(
             s_capture.close()
         if t_capture:
             t_capture.close()
+    last_state = None
     if keep_best and best_state is not None:
+        last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start)
+    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start, last_state)
+
+
+def exact_fraction(hits: int, total: int) -> float:
+    """``hits / total`` as the nearest double (941/1000 reads 0.941): accuracies are counts over counts."""
+    return int(hits) / int(total) if total else float("nan")
+
+
+def accuracy_of(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of ``logits`` against ``labels``, exact (see :func:`exact_fraction`)."""
+    return exact_fraction(int(count_correct(logits, labels)), len(labels))
 
 
 def count_params(model: nn.Module) -> int:

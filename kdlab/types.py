@@ -95,7 +95,9 @@ class LossInputs:
 
     ``labels`` holds :data:`UNLABELED` (-1) for rows without a label (transfer rows); ``teacher_logits`` is ``None``
     when the loss declares ``uses_teacher = False``. Feature dicts hold the outputs of the modules named in the
-    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names.
+    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names. ``index`` holds each row's position in
+    the training rows (int64; train rows first, then transfer rows; stable across epochs), for losses that keep
+    per-example state such as a memory bank; ``None`` where the caller has no such positions.
     """
 
     x: Inputs
@@ -162,6 +164,14 @@ class Loss(nn.Module):
       Set them on the instance (from params) in ``__init__``.
     * ``uses_soft_labels`` — the loss reads ``LossInputs.soft_labels`` where it reads labels, so it may train under
       mixup/cutmix (a loss that does not would learn the unmixed labels, so kdlab refuses that combination).
+    * ``stackable`` — trials that differ only in this loss's hyperparameters (and the optimizer's, and the seeds)
+      may be trained together as one batched model (:mod:`kdlab.stacking`), ``forward`` then runs under
+      ``torch.func.vmap`` with each member's tensors. Declare it only when (1) every hyperparameter that may differ
+      between trials is a tensor buffer (``register_buffer``; float64 keeps a Python float's value), not a Python
+      number, (2) ``forward`` has no Python control flow on tensor values (no ``if t > 0``, ``.item()``,
+      ``float(t)``, boolean-mask indexing; use ``torch.where``, ``gather``, ``clamp``) and (3) it uses
+      ``inputs.epoch`` / ``inputs.epochs`` only in arithmetic (a stack passes them as tensors). Anything else on the
+      instance (layer names, extra teachers) is taken from the stack's first member.
 
     Parameters of the loss (adapters, peer networks) are trained with the student.
     """
@@ -169,6 +179,7 @@ class Loss(nn.Module):
     uses_teacher: ClassVar[bool] = True
     live_teacher: ClassVar[bool] = False
     uses_soft_labels: ClassVar[bool] = False
+    stackable: ClassVar[bool] = False
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
 

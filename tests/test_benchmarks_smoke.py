@@ -39,12 +39,13 @@ def bench_env(shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
     return common
 
 
-@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup", "images", "views", "zoo_kd"])
+@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup", "stacking", "images", "views",
+                                  "zoo_kd"])
 def test_quick_run(name: str, bench_env, capsys: pytest.CaptureFixture):
     assert _load(name).main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert any(head in out for head in ("| side |", "| phase", "| switch |", "| command |", "| teacher |",
-                                        "| recipe |"))
+    assert any(head in out for head in ("| side |", "| phase", "| switch |", "| command |", "| batch |",
+                                        "| teacher |", "| recipe |"))
     assert "Machine:" in out
 
 
@@ -90,3 +91,9 @@ def test_workers_parts(bench_env):
     assert 0 < bench.pss_mib(os.getpid()) <= bench.hwm_mib(os.getpid())
     assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1", "2x1s"}
     assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each
+
+
+def test_loss_speed_quick(bench_env, capsys: pytest.CaptureFixture):
+    assert _load("loss_speed").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | s / epoch | vs kd |" in out and "| `rkd (before)` |" in out and "Machine:" in out

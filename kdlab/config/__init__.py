@@ -8,6 +8,7 @@ from kdlab.config.models import (
     DEVICE,
     AssistantConfig,
     AugmentOp,
+    BornAgainConfig,
     ComponentConfig,
     ContinualConfig,
     DataConfig,
@@ -27,8 +28,8 @@ from kdlab.errors import ConfigError, Problem
 
 __all__ = [
     "flatten", "parse_override", "set_dotted", "COMPONENT_KINDS", "LoadedConfig", "derive_config", "load_config",
-    "BATCH_OPS", "DEVICE", "AssistantConfig", "AugmentOp", "LoaderConfig",
-    "ComponentConfig", "ContinualConfig", "DataConfig", "InitConfig", "OptimizerConfig",
+    "BATCH_OPS", "DEVICE", "AssistantConfig", "AugmentOp", "BornAgainConfig", "ComponentConfig", "ContinualConfig",
+    "DataConfig", "InitConfig", "LoaderConfig", "OptimizerConfig",
     "RunConfig", "StudentConfig", "TeacherConfig", "TeacherTrainingConfig", "TrackingConfig", "TrainingConfig",
     "problems_from_validation", "Source", "dump_yaml", "ConfigError", "Problem",
 ]

@@ -20,7 +20,7 @@ from kdlab.suggest import did_you_mean
 #: config sections that name a component, and the component kind each names
 COMPONENT_KINDS = {"data": "data", "teacher": "teacher", "student": "student", "loss": "loss"}
 #: sections of a run config that describe a chain or a schedule, not one run; dropped from derived configs
-COMPOUND_SECTIONS = ("study", "assistant", "continual")
+COMPOUND_SECTIONS = ("study", "compare", "assistant", "continual", "born_again")
 
 
 class LoadedConfig:
@@ -94,6 +94,10 @@ def load_config(path_or_source: str | Path | Source, *, registry: Registry,
             problems.append(Problem("teacher.mode", f"views cannot replay {mixing[0]} (it mixes the examples of each "
                                     "batch, which cached views cannot know): use teacher.mode: live", "views",
                                     line=source.line_of(("teacher", "mode"))))
+    modes = [m for m in ("assistant", "continual", "born_again") if getattr(cfg, m) is not None]
+    if len(modes) > 1:
+        problems.append(Problem(modes[1], f"one run mode per run: this file has {' and '.join(modes)}", modes,
+                                line=source.line_of((modes[1],))))
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both",
                                 cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))

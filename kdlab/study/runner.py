@@ -70,12 +70,11 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
 
     Fills ``session`` with the data and the teacher's outputs (reused by workers that share this process's
     memory: the in-process worker and forked ones)."""
-    from kdlab.functional import accuracy
     from kdlab.lifecycle import RunOptions
     from kdlab.modes import run
     from kdlab.teachers import get_teacher
     from kdlab.teachers.outputs import prepare_outputs
-    from kdlab.training import resolve_device
+    from kdlab.training import accuracy_of, resolve_device
 
     loaded = lstudy.loaded
     dev = resolve_device(device)
@@ -83,8 +82,8 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
         data = session.get_data(loaded)
         teacher = get_teacher(loaded, data, dev, session, track=loaded.config.tracking.enabled)
         outputs = prepare_outputs(loaded, teacher, data, dev, session)  # and the cached views, if configured
-        tm = {"teacher_test_accuracy": float(accuracy(outputs["test"], data.test.y.to(dev))),
-              "teacher_val_accuracy": float(accuracy(outputs["val"], data.val.y.to(dev)))}
+        tm = {"teacher_test_accuracy": accuracy_of(outputs["test"], data.test.y.to(dev)),
+              "teacher_val_accuracy": accuracy_of(outputs["val"], data.val.y.to(dev))}
         study.set_user_attr(attrs.TEACHER, {**tm, "run_id": teacher.run_id, "fingerprint": teacher.fingerprint})
         parent.log_metrics(tm)
         if teacher.run_id:

@@ -31,6 +31,8 @@ class Teacher:
     source: str  # "trained", "cache", "checkpoint", "mlflow"
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: what it costs to run (``kdlab.costs.model_costs``), by device: measured once per session
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, *,

@@ -100,10 +100,15 @@ class ATParams(BaseModel):
 
     @model_validator(mode="after")
     def _pairs(self) -> ATParams:
-        if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(f"student_layers ({len(self.student_layers)}) and teacher_layers "
-                             f"({len(self.teacher_layers)}) must pair up: give as many of each")
-        return self
+        return pair_up(self)
+
+
+def pair_up(params):
+    """Validator of params with ``student_layers`` and ``teacher_layers`` lists: they pair up in order."""
+    if len(params.student_layers) != len(params.teacher_layers):
+        raise ValueError(f"student_layers ({len(params.student_layers)}) and teacher_layers "
+                         f"({len(params.teacher_layers)}) must pair up: give as many of each")
+    return params
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
