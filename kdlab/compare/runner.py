@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlab import batch, paths
+from kdlab import paths
 from kdlab.compare.config import LoadedCompare, MethodSpec, load_compare_config
 from kdlab.compare.report import MethodResult, markdown
 from kdlab.config import dump_yaml, load_config
@@ -27,7 +27,8 @@ from kdlab.study.config import trial_overrides
 from kdlab.study.record import decode
 from kdlab.study.runner import StudyOptions, run_study
 from kdlab.study.runner import load as load_study
-from kdlab.training import predict
+from kdlab.teachers.outputs import run_augment
+from kdlab.training import predict_split
 
 log = logging.getLogger("kdlab")
 
@@ -179,7 +180,9 @@ def _last_epoch_accuracy(res, session, loaded) -> float:
     student.load_state_dict(res.fit.last_state)
     data = session.get_data(loaded)
     device = next(student.parameters()).device
-    logits, _ = predict(student, batch.to(data.test.x, device))
+    cfg = loaded.config
+    logits = predict_split(student, data.test.x, device, cfg.training.eval_batch_size,
+                           augment=run_augment(loaded, data), loader=cfg.data.loader)
     return float(accuracy(logits, data.test.y.to(device)))
 
 

@@ -14,14 +14,15 @@ import dataclasses
 
 import torch
 
-from kdlab import batch, paths
+from kdlab import paths
 from kdlab.config import LoadedConfig, derive_config
 from kdlab.distill import RunResult, distil
 from kdlab.files import atomic_torch_save, digest
 from kdlab.functional import accuracy
 from kdlab.lifecycle import RunOptions
 from kdlab.session import Session
-from kdlab.training import predict, resolve_device
+from kdlab.teachers.outputs import run_augment
+from kdlab.training import predict_split, resolve_device
 from kdlab.weights import state_dict_cpu
 
 
@@ -72,6 +73,9 @@ def _checkpoint(result: RunResult, stage: LoadedConfig, arch: dict) -> dict:
 def _ensemble_accuracy(loaded: LoadedConfig, results: list[RunResult], options: RunOptions, session: Session) -> float:
     data = session.get_data(loaded)
     device = resolve_device(options.device or loaded.config.training.device)
-    x = batch.to(data.test.x, device)
-    probs = torch.stack([predict(r.student.to(device), x)[0].softmax(1) for r in results]).mean(0)
+    cfg = loaded.config
+    augment = run_augment(loaded, data)
+    probs = torch.stack([predict_split(r.student.to(device), data.test.x, device, cfg.training.eval_batch_size,
+                                       augment=augment, loader=cfg.data.loader).softmax(1)
+                         for r in results]).mean(0)
     return float(accuracy(probs, data.test.y.to(device)))

@@ -102,8 +102,8 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         }
         if 0 < result.best_epoch <= len(result.history):
             metrics["best_val_loss"] = result.history[result.best_epoch - 1]["val_loss"]
-        metrics.update(model_costs(model, batch.to(batch.index(data.val.x, slice(0, LATENCY_BATCH)), device),
-                                   "teacher"))
+        example = batch.to(head(data.val.x, LATENCY_BATCH), device)
+        metrics.update(model_costs(model, augment.eval(example) if augment is not None else example, "teacher"))
         live.finish({**metrics, "test_accuracy": metrics["teacher_test_accuracy"]}, step=result.epochs_run)
         tracked = live.tracked
         meta = {"run_id": info.run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
