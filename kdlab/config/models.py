@@ -5,24 +5,48 @@ params are validated by the model its plugin registered (:mod:`kdlab.config.load
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+#: limits of values that reach torch, numpy or the operating system (docs/faults.md)
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers' seeds are 32-bit
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 2**31 - 1
+MAX_THREADS = 1024
+
+
+def seed_field(description: str) -> Any:
+    return Field(0, ge=0, le=MAX_SEED, description=description)
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+#: numbers of config files: YAML's ``true`` is not 1 epoch
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys and non-finite floats (``.inf``, ``.nan``) are errors; numbers are declared
+    :data:`Int` / :data:`Float`, which refuse booleans."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0, description="learning rate")
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    lr: Float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: Float = Field(0.0, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD only")
     scheduler: Literal["none", "cosine", "step", "onecycle"] = Field(
         "none", description="learning-rate schedule: cosine/step per epoch, onecycle per step (peak at lr)")
-    step_size: int = Field(30, gt=0, description="epochs between decays, for scheduler: step")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, for scheduler: step")
+    step_size: Int = Field(30, gt=0, le=MAX_EPOCHS, description="epochs between decays, for scheduler: step")
+    gamma: Float = Field(0.1, gt=0, le=1, description="decay factor, for scheduler: step")
 
 
 class ComponentConfig(Strict):
@@ -36,13 +60,13 @@ class ComponentConfig(Strict):
 
 
 class DataConfig(ComponentConfig):
-    seed: int = Field(0, description="seed of the data split (kept fixed across trials)")
+    seed: Int = seed_field("seed of the data split (kept fixed across trials)")
 
 
 class TeacherTrainingConfig(Strict):
-    epochs: int = Field(30, gt=0)
-    batch_size: int = Field(128, gt=0)
-    seed: int = Field(0, description="the teacher's own seed, independent of the student's")
+    epochs: Int = Field(30, gt=0, le=MAX_EPOCHS)
+    batch_size: Int = Field(128, gt=0, le=MAX_BATCH)
+    seed: Int = seed_field("the teacher's own seed, independent of the student's")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
@@ -63,6 +87,9 @@ class TeacherConfig(ComponentConfig):
     training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
     init: InitConfig | None = Field(None, description="when kdlab trains the teacher: start it from a source model's "
                                                       "weights, optionally freezing modules (transfer learning)")
+    on_chance_accuracy: Literal["error", "warn"] = Field(
+        "error", description="a loaded teacher (checkpoint or mlflow_uri) whose validation accuracy is no better than "
+        "chance (damaged or mismatched weights): stop with an error, or warn and tag its runs kdlab.teacher_warning")
 
 
 class StudentConfig(ComponentConfig):
@@ -74,16 +101,16 @@ DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
 class TrainingConfig(Strict):
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(128, gt=0)
-    seed: int = 0
+    epochs: Int = Field(20, gt=0, le=MAX_EPOCHS)
+    batch_size: Int = Field(128, gt=0, le=MAX_BATCH)
+    seed: Int = seed_field("seed of the student's initialisation and batch order")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     use_transfer: bool = Field(True, description="train on the transfer split through the teacher's outputs")
     keep_best: bool = Field(True, description="restore the weights of the best validation epoch at the end")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the student")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
-    eval_batch_size: int = Field(4096, gt=0)
+    threads: Int | None = Field(None, gt=0, le=MAX_THREADS, description="torch CPU threads (default: torch's choice)")
+    eval_batch_size: Int = Field(4096, gt=0, le=MAX_BATCH)
 
     @field_validator("device")
     @classmethod
@@ -99,14 +126,14 @@ class TrackingConfig(Strict):
     experiment: str | None = Field(None, description="MLflow experiment (default: kdlab-<data name>)")
     run_name: str | None = None
     log_model: bool = Field(True, description="log the student with mlflow.pytorch.log_model")
-    flush_every_s: float = Field(15.0, ge=0, description="per-epoch metrics are sent in batches this often")
+    flush_every_s: Float = Field(15.0, ge=0, le=86400, description="per-epoch metrics are sent in batches this often")
 
 
 class AssistantConfig(ComponentConfig):
     """A teacher assistant (Mirzadeh et al. 2020): teacher -> assistant -> student, each stage its own run."""
 
-    epochs: int | None = Field(None, gt=0, description="epochs of the assistant's distillation (default: "
-                                                       "training.epochs)")
+    epochs: Int | None = Field(None, gt=0, le=MAX_EPOCHS,
+                               description="epochs of the assistant's distillation (default: training.epochs)")
 
 
 class ContinualConfig(Strict):
@@ -114,10 +141,10 @@ class ContinualConfig(Strict):
 
     method: Literal["lwf", "finetune"] = Field("lwf", description="lwf: Learning without Forgetting (Li and Hoiem "
                                                "2017); finetune: no distillation (the forgetting baseline)")
-    temperature: float = Field(2.0, gt=0, description="temperature of the old-output distillation (paper: 2)")
-    old_weight: float = Field(1.0, ge=0, description="lambda_o, weight of the old-task distillation term (paper: 1)")
-    first_task_epochs: int | None = Field(None, gt=0, description="epochs on the first task (default: "
-                                                                  "training.epochs)")
+    temperature: Float = Field(2.0, gt=0, description="temperature of the old-output distillation (paper: 2)")
+    old_weight: Float = Field(1.0, ge=0, description="lambda_o, weight of the old-task distillation term (paper: 1)")
+    first_task_epochs: Int | None = Field(None, gt=0, le=MAX_EPOCHS,
+                                          description="epochs on the first task (default: training.epochs)")
 
 
 class RunConfig(Strict):
