@@ -66,6 +66,11 @@ class NonFiniteLoss(TrainingError):
     """The loss became NaN or infinite during training."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (what schedulers and container runtimes send): handled exactly like Ctrl-C (runs end
+    ``KILLED``, running trials are recorded as interrupted), and the command exits with 143."""
+
+
 class Pruned(Exception):
     """Raised by a lifecycle observer (a study's pruner) to stop a run early on purpose: the run ends ``KILLED``
     with this message as its reason, not ``FAILED``."""

@@ -200,10 +200,19 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
 
 
 def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:
-    """Process entry point (top level, so that ``spawn`` can import it)."""
+    """Process entry point (top level, so that ``spawn`` can import it). The worker stops cleanly on SIGINT or
+    SIGTERM, and gets SIGTERM when the main process dies."""
+    import multiprocessing
     import sys
 
+    from kdlab.errors import Terminated
+    from kdlab.signals import worker_process
+
+    parent = multiprocessing.parent_process()
+    worker_process(parent.pid if parent is not None else None)
     try:
         run_worker(spec, counter, lock, session=session)
+    except Terminated:
+        sys.exit(143)
     except KeyboardInterrupt:
         sys.exit(130)
