@@ -14,10 +14,12 @@ from torch import nn
 
 from kdlab import __version__
 from kdlab.config import LoadedConfig, dump_yaml, flatten
-from kdlab.errors import KdlabError
+from kdlab.contracts import Part, watch
+from kdlab.errors import KdlabError, PluginError
 from kdlab.functional import accuracy
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.models import apply_init, build_model, model_builder
+from kdlab.rescue import Unrecorded
 from kdlab.session import Session, data_fingerprint
 from kdlab.teachers import Teacher, get_teacher, teacher_builder, teacher_outputs
 from kdlab.training import FitResult, TrainSet, count_params, fit, predict, resolve_device, seed_everything
@@ -37,7 +39,8 @@ def build_loss(loaded: LoadedConfig) -> Loss:
     comp = loaded.components["loss"]
     loss = comp.build(loaded.params["loss"])
     if not isinstance(loss, Loss):
-        raise KdlabError(f"loss {comp.name!r} from {comp.origin} returned {type(loss).__name__}, expected a kdlab.Loss")
+        raise PluginError(f"loss {comp.name!r} from {comp.origin} returned {type(loss).__name__}, expected a "
+                          "kdlab.Loss")
     return loss
 
 
@@ -74,27 +77,35 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
         _, feats = predict(teacher.model, rows.to(device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
                            key="loss.params", owner="the teacher")
         train.teacher_features = feats
-    loss.setup(LossSetup(
-        student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
-        num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
-        student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
-        build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
-    ))
+    parts = [Part(student, "student", loaded.components["student"]), Part(loss, "loss", loaded.components["loss"])]
+    if teacher is not None:
+        parts.append(Part(teacher.model, "teacher", teacher.component))
+    with watch(parts, data.num_classes, check_first_call=False):
+        loss.setup(LossSetup(
+            student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
+            num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
+            student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
+            build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
+        ))
     loss.to(device)
     fit_model = torch.compile(student) if tcfg.compile else student
 
     name = options.run_name or cfg.tracking.run_name or f"{cfg.student.name}-{cfg.loss.name}-seed{tcfg.seed}"
     info = RunInfo(role=options.role, config=cfg, device=str(device), trial_number=options.trial_number, name=name,
                    epochs=tcfg.epochs)
-    with tracked_run(info, tracker=session.tracker(loaded) if track else None,
-                     tags=run_tags(loaded, options, teacher, session), params={**run_params(loaded), **options.params},
-                     parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
-                     flush_every_s=cfg.tracking.flush_every_s) as live:
-        result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
-                     batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                     teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
-                     precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch)
-        metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size)
+    keep = Unrecorded(name, cfg.resolved_dict())
+    with keep, tracked_run(info, tracker=session.tracker(loaded) if track else None,
+                           tags=run_tags(loaded, options, teacher, session),
+                           params={**run_params(loaded), **options.params}, parent_run_id=options.parent_run_id,
+                           observers=[*session.observers, *options.observers],
+                           flush_every_s=cfg.tracking.flush_every_s) as live:
+        keep.watch(live, student)
+        with watch(parts, data.num_classes, check_first_call=not tcfg.compile):  # the first batch's contracts
+            result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
+                         batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
+                         teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
+                         precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch)
+            metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size)
         metrics.update(extra_metrics)
         metrics["train_time_s"] = result.train_time_s
         metrics["best_epoch"] = float(result.best_epoch)
@@ -138,6 +149,8 @@ def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None,
     if teacher is not None:
         tags["kdlab.teacher_fingerprint"] = teacher.fingerprint
         tags["kdlab.teacher_source"] = teacher.source
+        if teacher.warning:
+            tags["kdlab.teacher_warning"] = teacher.warning[:5000]
         if teacher.run_id:
             tags["kdlab.teacher_run_id"] = teacher.run_id
             tracker = session.tracker(loaded)

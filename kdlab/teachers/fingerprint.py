@@ -1,12 +1,12 @@
-"""A teacher's identity: its architecture, params, plugin version, data, and where its weights come from (the
-checkpoint's bytes, the MLflow URI, or the training settings and init)."""
+"""A teacher's identity: its architecture, params, plugin version and code, data, and where its weights come from
+(the checkpoint's bytes, the MLflow URI, or the training settings and init)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kdlab.config import LoadedConfig
-from kdlab.files import digest, file_digest
+from kdlab.files import code_digest, digest, file_digest
 from kdlab.session import CACHE_VERSION, data_fingerprint
 from kdlab.weights import existing_file
 
@@ -28,4 +28,5 @@ def teacher_fingerprint(loaded: LoadedConfig) -> str:
                 init["checkpoint"] = file_digest(existing_file(t.init.checkpoint, "teacher.init.checkpoint"))
             source["init"] = init
     return digest({"v": CACHE_VERSION, "name": t.name, "params": t.params, "source": source,
-                   "plugin": comp.distribution, "version": comp.version, "data": data_fingerprint(loaded)})
+                   "plugin": comp.distribution, "version": comp.version, "code": code_digest(comp.factory),
+                   "data": data_fingerprint(loaded)})

@@ -9,9 +9,11 @@ import torch
 
 from kdlab import __version__
 from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.contracts import Part, watch
 from kdlab.functional import accuracy, masked_cross_entropy
 from kdlab.lifecycle import tracked_run
 from kdlab.models import apply_init, build_model
+from kdlab.rescue import Unrecorded
 from kdlab.session import Session
 from kdlab.teachers.cache import store_teacher, teacher_cache_dir
 from kdlab.training import TrainSet, count_params, fit, predict, seed_everything
@@ -36,27 +38,31 @@ def teacher_params(loaded: LoadedConfig) -> dict[str, Any]:
 
 def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, fp: str, *,
                   track: bool) -> tuple[torch.nn.Module, str | None, dict[str, float]]:
-    """Train the configured teacher; cache its weights under ``fp``. Returns the model, its MLflow run id (or
-    ``None``) and its metrics."""
+    """Train the configured teacher; cache its weights under ``fp`` once its run is recorded. Returns the model, its
+    MLflow run id (or ``None``) and its metrics."""
     cfg = loaded.config.teacher
     tcfg = cfg.training
     comp, params = loaded.components["teacher"], loaded.params["teacher"]
     seed_everything(tcfg.seed)
     model = build_model(comp, params, data).to(device)
     init_metrics = apply_init(cfg.init, model, "teacher")
+    ce = _LabelsOnly().to(device)
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), name=f"teacher-{cfg.name}-{fp[:8]}",
                    epochs=tcfg.epochs)
     tags = {"kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__}
-    with tracked_run(info, tracker=session.tracker(loaded) if track else None, tags=tags,
-                     params=flatten(teacher_params(loaded)), observers=session.observers,
-                     flush_every_s=loaded.config.tracking.flush_every_s) as live:
+    keep = Unrecorded(info.name, teacher_params(loaded))
+    with keep, tracked_run(info, tracker=session.tracker(loaded) if track else None, tags=tags,
+                           params=flatten(teacher_params(loaded)), observers=session.observers,
+                           flush_every_s=loaded.config.tracking.flush_every_s) as live:
+        keep.watch(live, model)
         train = TrainSet(data.train.x.to(device), data.train.y.to(device))
-        result = fit(model, _LabelsOnly().to(device), train, data.val.to(device), optimizer=tcfg.optimizer,
-                     epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                     keep_best=loaded.config.training.keep_best, eval_batch_size=loaded.config.training.eval_batch_size,
-                     on_epoch=live.epoch)
-        test_logits, _ = predict(model, data.test.x.to(device))
-        val_logits, _ = predict(model, data.val.x.to(device))
+        with watch([Part(model, "teacher", comp), Part(ce, "loss")], data.num_classes):
+            result = fit(model, ce, train, data.val.to(device), optimizer=tcfg.optimizer, epochs=tcfg.epochs,
+                         batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
+                         keep_best=loaded.config.training.keep_best,
+                         eval_batch_size=loaded.config.training.eval_batch_size, on_epoch=live.epoch)
+            test_logits, _ = predict(model, data.test.x.to(device))
+            val_logits, _ = predict(model, data.val.x.to(device))
         metrics = {
             "teacher_test_accuracy": float(accuracy(test_logits, data.test.y.to(device))),
             "teacher_val_accuracy": float(accuracy(val_logits, data.val.y.to(device))),
@@ -69,13 +75,15 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         tracked = live.tracked
         meta = {"run_id": info.run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
                 "tracking_uri": tracked.tracker.uri if tracked else None}
-        path = store_teacher(fp, model, meta)
         if tracked:
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
-            tracked.log_artifact(path, "teacher")
+            tracked.log_state_dict(model, "teacher")
             if loaded.config.tracking.log_model:
                 tracked.log_model(model, "teacher", data.train.x[:8].to(device))
                 model.to(device)
+    # cached only now that its run has ended FINISHED: a teacher whose record failed is never reused, and no
+    # student links to a FAILED teacher run
+    store_teacher(fp, model, meta)
     return model, info.run_id, metrics
 
 
@@ -87,8 +95,10 @@ def record_cached_teacher(loaded: LoadedConfig, session: Session, fp: str, meta:
     if tracker is None:
         return None
     run_id = meta.get("run_id")
-    if run_id and meta.get("tracking_uri") in (None, tracker.uri) and tracker.run_info(run_id) is not None:
-        return run_id
+    if run_id and meta.get("tracking_uri") in (None, tracker.uri):
+        found = tracker.run_info(run_id)
+        if found is not None and found.info.status == "FINISHED":
+            return run_id
     cfg = loaded.config.teacher
     tracked = tracker.start(f"teacher-{cfg.name}-{fp[:8]}", tags={
         "kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__,
