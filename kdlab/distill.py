@@ -69,7 +69,7 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
 
     seed_everything(tcfg.seed)
     student = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
-    extra_metrics = apply_init(cfg.student.init, student, "student")
+    extra_metrics = apply_init(cfg.student.init, student, "student", cfg.tracking.uri)
     train = _shared_train_set(session, loaded, teacher, data, loss, outputs, device, tcfg.use_transfer)
     if loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None:
         rows = torch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer)

@@ -12,7 +12,9 @@ from torch import nn
 from kdlab.capture import find_module
 from kdlab.config import InitConfig
 from kdlab.errors import KdlabError, PluginError
+from kdlab.paths import default_tracking_uri
 from kdlab.registry import Component, Registry
+from kdlab.tracking import _quiet_mlflow
 from kdlab.types import Data
 from kdlab.weights import existing_file, load_state_dict_file, load_weights
 
@@ -37,10 +39,10 @@ def model_builder(registry: Registry, data: Data,
     return build
 
 
-def load_from_mlflow(uri: str, model: nn.Module | None, key: str) -> nn.Module:
+def load_from_mlflow(uri: str, model: nn.Module | None, key: str, tracking_uri: str | None = None) -> nn.Module:
     """``model`` with the weights at ``uri`` (see :func:`mlflow_weights`), or, when ``model`` is ``None`` (its
     architecture cannot be built) and ``uri`` is an exported program, the program as a module."""
-    weights = mlflow_weights(uri, key)
+    weights = mlflow_weights(uri, key, tracking_uri)
     if isinstance(weights, nn.Module):
         if model is None:
             return weights
@@ -51,23 +53,30 @@ def load_from_mlflow(uri: str, model: nn.Module | None, key: str) -> nn.Module:
     return model
 
 
-def mlflow_weights(uri: str, key: str) -> dict[str, torch.Tensor] | nn.Module:
+def mlflow_weights(uri: str, key: str, tracking_uri: str | None = None) -> dict[str, torch.Tensor] | nn.Module:
     """Weights from MLflow, never by unpickling: a ``.pt``/``.pth`` state_dict artifact, the ``state_dict.pt``
     logged beside a kdlab-made model (both loaded with ``weights_only``), or a model logged as an exported program
     (``serialization_format='pt2'``), which MLflow checks holds no pickle before loading it. A model that offers
-    only a pickle is refused, naming what to log instead."""
+    only a pickle is refused, naming what to log instead. ``runs:/`` URIs resolve in ``tracking_uri`` (default:
+    :func:`kdlab.paths.default_tracking_uri`), whether or not the run is tracked."""
+    _quiet_mlflow()
     import mlflow
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+
+    def download(path: str) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(path, tracking_uri=tracking_uri))
 
     try:
         if uri.endswith((".pt", ".pth")):
-            return load_state_dict_file(Path(mlflow.artifacts.download_artifacts(uri)), key)
+            return load_state_dict_file(download(uri), key)
         try:  # a kdlab-made model carries its weights as state_dict.pt beside it
-            local = Path(mlflow.artifacts.download_artifacts(uri.rstrip("/") + "/state_dict.pt"))
+            local = download(uri.rstrip("/") + "/state_dict.pt")
         except Exception:  # noqa: BLE001 - not a kdlab-made model: look at what MLflow logged
             local = None
         if local is not None:
             return load_state_dict_file(local, key)
-        return _exported_program(Path(mlflow.artifacts.download_artifacts(uri)), uri, key)
+        return _exported_program(download(uri), uri, key)
     except KdlabError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever MLflow raised, the user's URI is the culprit
@@ -117,7 +126,8 @@ def _exported_program(folder: Path, uri: str, key: str) -> nn.Module:
     return module
 
 
-def apply_init(init: InitConfig | None, model: nn.Module, section: str) -> dict[str, float]:
+def apply_init(init: InitConfig | None, model: nn.Module, section: str,
+               tracking_uri: str | None = None) -> dict[str, float]:
     """Load ``init``'s source weights into the model of config ``section`` (``teacher`` or ``student``) and freeze
     the named modules; returns the metrics ``init_loaded_tensors`` and ``frozen_params`` (empty without init)."""
     if init is None:
@@ -128,7 +138,7 @@ def apply_init(init: InitConfig | None, model: nn.Module, section: str) -> dict[
         loaded_keys = load_weights(model, state, key=key, value=init.checkpoint, strict=init.strict)
     elif init.mlflow_uri:
         key = f"{section}.init.mlflow_uri"
-        weights = mlflow_weights(init.mlflow_uri, key)
+        weights = mlflow_weights(init.mlflow_uri, key, tracking_uri)
         state = weights.state_dict() if isinstance(weights, nn.Module) else weights
         loaded_keys = load_weights(model, state, key=key, value=init.mlflow_uri, strict=init.strict)
     else:

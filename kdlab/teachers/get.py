@@ -63,7 +63,8 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
             model = build_model(comp, params, data)
         except KdlabError:
             model = None
-        teacher = Teacher(load_from_mlflow(cfg.mlflow_uri, model, "teacher.mlflow_uri"), fp, "mlflow")
+        teacher = Teacher(load_from_mlflow(cfg.mlflow_uri, model, "teacher.mlflow_uri", loaded.config.tracking.uri),
+                          fp, "mlflow")
         if cfg.mlflow_uri.startswith("runs:/"):
             teacher.run_id = cfg.mlflow_uri.split("/")[1]
     elif (hit := cached_teacher(fp)) is not None:

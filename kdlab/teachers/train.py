@@ -45,7 +45,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     comp, params = loaded.components["teacher"], loaded.params["teacher"]
     seed_everything(tcfg.seed)
     model = build_model(comp, params, data).to(device)
-    init_metrics = apply_init(cfg.init, model, "teacher")
+    init_metrics = apply_init(cfg.init, model, "teacher", loaded.config.tracking.uri)
     ce = _LabelsOnly().to(device)
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), name=f"teacher-{cfg.name}-{fp[:8]}",
                    epochs=tcfg.epochs)
