@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_digits_config
 from torch import nn
 
+from conftest import tiny_digits_config
 from kdlab.cli import main
 
 MARKER_ENV = "KDLAB_TEST_UNPICKLED"
