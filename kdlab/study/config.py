@@ -145,6 +145,15 @@ class StudyConfig(_Strict):
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
 
+    def budget(self, asked: int | None = None) -> int:
+        """The study's trial budget (``--n-trials`` or ``n_trials``); with the grid sampler at most the number of
+        grid points, each run once."""
+        n = asked or self.n_trials
+        if self.sampler.name == "grid" and self.search:
+            size = math.prod(len(d.grid()) for d in self.search.values())
+            n = min(n, size)
+        return n
+
 
 
 class LoadedStudy:

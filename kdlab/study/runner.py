@@ -123,7 +123,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
         storage = make_storage(url)
         study = create_or_resume(lstudy, storage)
     stale = fail_stale_trials(study, storage) if is_local(url) else []
-    target = options.n_trials or s.n_trials
+    target = s.budget(options.n_trials)
     remaining = max(0, target - finished_count(study))
     console = console or make_console()
     display = ProgressObserver(console, enabled=False if options.quiet else None)
