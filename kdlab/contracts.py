@@ -152,12 +152,15 @@ def watch(parts: list[Part], num_classes: int, *, check_first_call: bool = True)
     """Training under the contracts: the first forward pass of each model part and the first call of the loss part
     are checked (with ``check_first_call``), and an exception raised inside a part's ``forward`` becomes a
     :class:`PluginError` naming it (the original exception chained)."""
-    handles = []
+    handles: list[Any] = []
     if check_first_call:
         student_trains = any(p.role == "student" and any(q.requires_grad for q in p.module.parameters())
                              for p in parts)
         for part in parts:
-            handles.append(part.module.register_forward_hook(_first_call_check(part, num_classes, student_trains)))
+            holder: list[Any] = []
+            holder.append(part.module.register_forward_hook(_first_call_check(part, num_classes, student_trains,
+                                                                              holder)))
+            handles += holder
     try:
         yield
     except (KdlabError, KeyboardInterrupt, Pruned):
@@ -178,13 +181,12 @@ def watch(parts: list[Part], num_classes: int, *, check_first_call: bool = True)
             h.remove()
 
 
-def _first_call_check(part: Part, num_classes: int, student_trains: bool):
-    state = {"done": False}
+def _first_call_check(part: Part, num_classes: int, student_trains: bool, handle: list[Any]):
+    """A forward hook that checks the first call and then removes itself (later steps pay nothing)."""
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if state["done"]:
-            return
-        state["done"] = True
+        for h in handle:
+            h.remove()
         if part.role == "loss":
             check_loss_output(output, part.name, student_trains)
         else:
