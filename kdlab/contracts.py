@@ -158,8 +158,8 @@ def watch(parts: list[Part], num_classes: int, *, check_first_call: bool = True)
                              for p in parts)
         for part in parts:
             holder: list[Any] = []
-            holder.append(part.module.register_forward_hook(_first_call_check(part, num_classes, student_trains,
-                                                                              holder)))
+            holder.append(part.module.register_forward_hook(
+                _first_call_check(part, num_classes, student_trains, holder), with_kwargs=True))
             handles += holder
     try:
         yield
@@ -184,14 +184,14 @@ def watch(parts: list[Part], num_classes: int, *, check_first_call: bool = True)
 def _first_call_check(part: Part, num_classes: int, student_trains: bool, handle: list[Any]):
     """A forward hook that checks the first call and then removes itself (later steps pay nothing)."""
 
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         for h in handle:
             h.remove()
         if part.role == "loss":
             check_loss_output(output, part.name, student_trains)
-        else:
-            check_logits(output, rows_of(args[0]) if args else None, num_classes, part.name,
-                         "for the first training batch")
+        else:  # named inputs arrive as keywords: model(**x)
+            rows = rows_of(args[0]) if args else rows_of(kwargs)
+            check_logits(output, rows, num_classes, part.name, "for the first training batch")
 
     return hook
 

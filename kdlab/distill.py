@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab import __version__
+from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.contracts import Part, watch
 from kdlab.errors import KdlabError, PluginError
@@ -72,9 +72,9 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     extra_metrics = apply_init(cfg.student.init, student, "student", cfg.tracking.uri)
     train = _shared_train_set(session, loaded, teacher, data, loss, outputs, device, tcfg.use_transfer)
     if loss.uses_teacher and not loss.live_teacher and loss.teacher_layers and teacher is not None:
-        rows = torch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer)
+        rows = batch.cat([data.train.x] + ([data.transfer.x] if _transfer_used(data, loss, outputs, tcfg.use_transfer)
                                            else []))
-        _, feats = predict(teacher.model, rows.to(device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
+        _, feats = predict(teacher.model, batch.to(rows, device), tcfg.eval_batch_size, tuple(loss.teacher_layers),
                            key="loss.params", owner="the teacher")
         train.teacher_features = feats
     parts = [Part(student, "student", loaded.components["student"]), Part(loss, "loss", loaded.components["loss"])]
@@ -84,7 +84,7 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
         loss.setup(LossSetup(
             student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
             num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
-            student_config=cfg.student.model_dump(mode="json"), example_x=train.x[: min(len(train), 64)],
+            student_config=cfg.student.model_dump(mode="json"), example_x=batch.index(train.x, slice(0, 64)),
             build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
         ))
     loss.to(device)
@@ -114,7 +114,7 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
             live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
             live.tracked.log_state_dict(student, "student")
             if cfg.tracking.log_model if options.log_model is None else options.log_model:
-                live.tracked.log_model(student, "student", data.train.x[:8].to(device))
+                live.tracked.log_model(student, "student", batch.index(data.train.x, slice(0, 8)))
                 student.to(device)
     return RunResult(metrics, info.run_id, student, result, teacher)
 
@@ -123,8 +123,8 @@ def evaluate(student: nn.Module, teacher: Teacher | None, data: Data, outputs: d
              device: torch.device, batch_size: int) -> dict[str, float]:
     """The student's final metrics (``kdlab.metrics.FINAL``) on the validation and test splits."""
     test_y, val_y = data.test.y.to(device), data.val.y.to(device)
-    test_logits, _ = predict(student, data.test.x.to(device), batch_size)
-    val_logits, _ = predict(student, data.val.x.to(device), batch_size)
+    test_logits, _ = predict(student, batch.to(data.test.x, device), batch_size)
+    val_logits, _ = predict(student, batch.to(data.val.x, device), batch_size)
     m = {"test_accuracy": float(accuracy(test_logits, test_y)), "val_accuracy": float(accuracy(val_logits, val_y)),
          "student_params": float(count_params(student))}
     if teacher is not None and outputs is not None:
@@ -164,7 +164,8 @@ def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None,
 
 def run_params(loaded: LoadedConfig) -> dict[str, Any]:
     """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking)."""
-    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in ("study", "tracking")})
+    skip = ("study", "compare", "tracking")
+    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in skip})
 
 
 def _transfer_used(data: Data, loss: Loss, outputs: Any, use_transfer: bool) -> bool:
@@ -181,8 +182,8 @@ def _train_set(data: Data, loss: Loss, outputs: dict[str, torch.Tensor] | None, 
         if ts is not None:
             ts.append(outputs["transfer"])
 
-    def joined(parts: list[torch.Tensor]) -> torch.Tensor:  # no copy when there is one part on the device already
-        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+    def joined(parts: list[Any]) -> Any:  # no copy when there is one part on the device already
+        return batch.to(batch.cat(parts), device)
 
     t = joined(ts) if (ts is not None and loss.uses_teacher) else None
     return TrainSet(joined(xs), joined(ys), t)

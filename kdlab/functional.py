@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab import batch
+from kdlab.batch import Inputs
 from kdlab.types import UNLABELED
 
 
@@ -30,7 +32,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def layer_outputs(model: torch.nn.Module, x: Tensor, layers: tuple[str, ...] | list[str], *,
+def layer_outputs(model: torch.nn.Module, x: Inputs, layers: tuple[str, ...] | list[str], *,
                   owner: str = "the model", key: str = "loss.params") -> dict[str, Tensor]:
     """Outputs of the modules at dotted paths ``layers`` for one forward pass of ``model`` over ``x`` (no grad,
     model mode unchanged), e.g. to size an adapter in :meth:`kdlab.Loss.setup`. A path that does not exist raises
@@ -39,7 +41,7 @@ def layer_outputs(model: torch.nn.Module, x: Tensor, layers: tuple[str, ...] | l
 
     capture = FeatureCapture(model, tuple(layers), key=key, owner=owner)
     try:
-        model(x)
+        batch.forward(model, x)
         return capture.take()
     finally:
         capture.close()

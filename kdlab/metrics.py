@@ -44,11 +44,18 @@ ASSISTANT: dict[str, str] = {
     "original_teacher_test_accuracy": "the original teacher's test accuracy",
 }
 
+#: final metrics of born-again generations (``born_again:``), besides the last generation's own
+BORN_AGAIN: dict[str, str] = {
+    "generation<k>_test_accuracy": "test accuracy of generation k (0: the teacher trained here, or the first "
+                                   "student when a teacher is configured)",
+    "ensemble_test_accuracy": "test accuracy of the generations' averaged softmax (BANE), with `born_again.ensemble`",
+}
+
 #: final metrics a study may optimise (test metrics are recorded, never optimised)
 OBJECTIVES: tuple[str, ...] = ("val_accuracy", "val_loss", "agreement", "student_params", "compression_ratio",
                                "train_time_s", "teacher_val_accuracy")
 
 #: the order in which `kdlab run` prints a run's final metrics
 SHOWN: tuple[str, ...] = ("test_accuracy", "val_accuracy", "old_task_accuracy", "new_task_accuracy", "forgetting",
-                          "teacher_test_accuracy", "assistant_test_accuracy", "agreement", "student_params",
-                          "teacher_params", "compression_ratio", "train_time_s")
+                          "teacher_test_accuracy", "assistant_test_accuracy", "ensemble_test_accuracy", "agreement",
+                          "student_params", "teacher_params", "compression_ratio", "train_time_s")

@@ -20,8 +20,9 @@ from kdlab.weights import existing_file, load_state_dict_file, load_weights
 
 
 def build_model(comp: Component, params: Any, data: Data) -> nn.Module:
-    """The architecture ``comp`` with ``params`` for ``data``'s input shape and number of classes."""
-    model = comp.build(params, input_shape=data.input_shape, num_classes=data.num_classes)
+    """The architecture ``comp`` with ``params`` for ``data``'s input shape, number of classes and metadata (each
+    given to the factory only when it takes that keyword)."""
+    model = comp.build(params, input_shape=data.input_shape, num_classes=data.num_classes, metadata=data.metadata)
     if not isinstance(model, nn.Module):
         raise PluginError(f"{comp.kind} {comp.name!r} from {comp.origin} returned {type(model).__name__}, "
                           "expected a torch.nn.Module")

@@ -185,6 +185,15 @@ class Tracker:
             flt += f" and attributes.status = '{status}'"
         return [r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id], filter_string=flt)]
 
+    def find_runs(self, tags: dict[str, str], name: str | None = None) -> list[str]:
+        """Ids of this experiment's runs with all of ``tags`` (and run name ``name``), newest first."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        if name is not None:
+            flt = f"{flt} and attributes.run_name = '{name}'" if flt else f"attributes.run_name = '{name}'"
+        runs = _retry(self.client.search_runs, [self.experiment_id], filter_string=flt,
+                      order_by=["attributes.start_time DESC"])
+        return [r.info.run_id for r in runs]
+
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
         return _retry(self.client.list_artifacts, run_id, path)
 
@@ -332,11 +341,16 @@ class TrackedRun:
         import torch
         from mlflow.models import infer_signature
 
+        from kdlab import batch
+
         model = model.eval().cpu()
-        example = example_x.detach().cpu()
+        example = batch.to(example_x, "cpu")
         with torch.inference_mode():
-            out = model(example)
-        signature = infer_signature(example.numpy(), out.float().numpy())
+            out = batch.forward(model, example)
+        # one array, or named arrays (a dict of int64 token ids and masks, as the model's keyword arguments)
+        example_np = (example.numpy() if isinstance(example, torch.Tensor)
+                      else {k: v.numpy() for k, v in example.items()})
+        signature = infer_signature(example_np, out.float().numpy())
         # MLflow 3 files a new logged model under the process's *active* experiment (the Default one, with its
         # artifacts in the working directory's ./mlruns, unless set), not under its source run's experiment.
         # Create it in the run's experiment ourselves (as log_model would, with the run's params) and hand it over,
@@ -348,7 +362,7 @@ class TrackedRun:
         # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
         _retry(
             mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-            input_example=example.numpy(), serialization_format="pt2", model_id=logged.model_id,
+            input_example=example_np, serialization_format="pt2", model_id=logged.model_id,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab import batch
+from kdlab.batch import Inputs
 from kdlab.capture import FeatureCapture
 from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
@@ -29,13 +31,13 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 class TrainSet:
     """Training rows on the device: inputs, labels (-1 = unlabeled) and, when cached, the teacher's outputs."""
 
-    x: Tensor
+    x: Inputs
     y: Tensor
     teacher_logits: Tensor | None = None
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return batch.rows(self.x)
 
 
 @dataclass
@@ -45,6 +47,8 @@ class FitResult:
     best_val_accuracy: float
     history: list[dict[str, float]]
     train_time_s: float
+    #: the last epoch's weights when the model was given back with an earlier (best) epoch's, else None
+    last_state: dict[str, Tensor] | None = None
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -91,7 +95,7 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, epochs: in
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 4096, layers: tuple[str, ...] = (),
+def predict(model: nn.Module, x: Inputs, batch_size: int = 4096, layers: tuple[str, ...] = (),
             key: str = "", owner: str = "model") -> tuple[Tensor, dict[str, Tensor]]:
     """Logits (float32) over ``x`` in chunks, in eval mode; plus captured features of ``layers``."""
     was_training = model.training
@@ -99,8 +103,8 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 4096, layers: tuple[s
     capture = FeatureCapture(model, layers, key=key, owner=owner) if layers else None
     outs, feats = [], {name: [] for name in layers}
     try:
-        for i in range(0, len(x), batch_size):
-            outs.append(model(x[i : i + batch_size]).float())
+        for i in range(0, batch.rows(x), batch_size):
+            outs.append(batch.forward(model, batch.index(x, slice(i, i + batch_size))).float())
             if capture:
                 for name, f in capture.take().items():
                     feats[name].append(f.float())
@@ -161,7 +165,7 @@ def fit(
             model.train()
             loss_fn.train()
             perm = torch.randperm(n, generator=gen).to(device)
-            xs, ys = train.x[perm], train.y[perm]
+            xs, ys = batch.index(train.x, perm), train.y[perm]
             ts = train.teacher_logits[perm] if (train.teacher_logits is not None and not live) else None
             tf = {k: v[perm] for k, v in train.teacher_features.items()} if not live else {}
             # per-step terms are kept (detached, on the device) and summed once per epoch: no host sync and no
@@ -169,16 +173,16 @@ def fit(
             totals: list[Tensor] = []
             terms: dict[str, tuple[list[Tensor], list[int]]] = {}
             for i in range(0, n, batch_size):
-                xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+                xb, yb = batch.index(xs, slice(i, i + batch_size)), ys[i : i + batch_size]
                 with autocast:
                     if live:
                         with torch.no_grad():
-                            tb = teacher(xb).float()
+                            tb = batch.forward(teacher, xb).float()
                         tfeat = t_capture.take() if t_capture else {}
                     else:
                         tb = None if ts is None else ts[i : i + batch_size]
                         tfeat = {k: v[i : i + batch_size] for k, v in tf.items()}
-                    logits = model(xb)
+                    logits = batch.forward(model, xb)
                     out = loss_fn(LossInputs(
                         x=xb, labels=yb, student_logits=logits.float(), teacher_logits=tb,
                         student_features=s_capture.take() if s_capture else {}, teacher_features=tfeat,
@@ -231,10 +235,12 @@ def fit(
             s_capture.close()
         if t_capture:
             t_capture.close()
+    last_state = None
     if keep_best and best_state is not None:
+        last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start)
+    return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start, last_state)
 
 
 def count_params(model: nn.Module) -> int:

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdlab import batch
+from kdlab.batch import Inputs
+
 if TYPE_CHECKING:
     from kdlab.config import RunConfig
 
@@ -17,17 +20,19 @@ UNLABELED = -1
 
 @dataclass
 class Split:
-    """One split of a dataset: inputs ``x`` of shape ``(N, *input_shape)`` (float) and labels ``y`` of shape
-    ``(N,)`` (int64, in ``[0, num_classes)``), or ``y=None`` for an unlabeled split."""
+    """One split of a dataset: inputs ``x`` — one tensor of shape ``(N, *input_shape)`` (float32 features, or
+    int64 token ids) or a dict of named tensors with ``N`` rows each (``{"input_ids": ..., "attention_mask": ...}``,
+    passed to models as keyword arguments) — and labels ``y`` of shape ``(N,)`` (int64, in ``[0, num_classes)``),
+    or ``y=None`` for an unlabeled split."""
 
-    x: Tensor
+    x: Inputs
     y: Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return batch.rows(self.x)
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+        return Split(batch.to(self.x, device), None if self.y is None else self.y.to(device))
 
 
 @dataclass
@@ -35,9 +40,12 @@ class Data:
     """What a data plugin's factory returns.
 
     Contract: ``train``, ``val`` and ``test`` are labelled; ``transfer`` (optional) is unlabeled and only ever
-    seen through the teacher's outputs. All splits share ``input_shape`` and dtype ``float32``; labels are int64 in
+    seen through the teacher's outputs. All splits have inputs of the same form (one tensor, or dicts with the same
+    names) and per-example shapes and dtypes (float32 features or int64 ids); labels are int64 in
     ``[0, num_classes)``. The same params and seed give the same tensors. ``tasks`` (optional) partitions the
-    classes for continual-learning runs, e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``.
+    classes for continual-learning runs, e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``. ``metadata`` is what model
+    factories should not have to be told again (``vocab_size``, ``pad_id``, ``tokenizer``, ...): it reaches them
+    as the keyword argument ``metadata``.
     """
 
     train: Split
@@ -47,10 +55,12 @@ class Data:
     transfer: Split | None = None
     class_names: list[str] | None = None
     tasks: list[list[int]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        """The shape of one example's input (of the first named input, for dict inputs)."""
+        return next(iter(batch.shapes(self.train.x).values()))
 
     def splits(self) -> dict[str, Split]:
         out = {"train": self.train, "val": self.val, "test": self.test}
@@ -65,10 +75,12 @@ class LossInputs:
 
     ``labels`` holds :data:`UNLABELED` (-1) for rows without a label (transfer rows); ``teacher_logits`` is ``None``
     when the loss declares ``uses_teacher = False``. Feature dicts hold the outputs of the modules named in the
-    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names.
+    loss's ``student_layers`` / ``teacher_layers``, by the same dotted names. ``index`` holds each row's position in
+    the training rows (int64; train rows first, then transfer rows; stable across epochs), for losses that keep
+    per-example state such as a memory bank; ``None`` where the caller has no such positions.
     """
 
-    x: Tensor
+    x: Inputs
     labels: Tensor
     student_logits: Tensor
     teacher_logits: Tensor | None = None
@@ -107,7 +119,7 @@ class LossSetup:
     build_model: Callable[[str, str, dict[str, Any]], nn.Module]
     student_config: dict[str, Any] = field(default_factory=dict)
     #: one example batch of training inputs, to infer adapter shapes by a forward pass
-    example_x: Tensor | None = None
+    example_x: Inputs | None = None
     #: ``build_teacher(spec)`` gives another frozen teacher in eval mode, for multi-teacher losses: ``spec`` is a
     #: ``teacher:`` section (``{name, params, checkpoint | mlflow_uri | training}``); it is loaded, or trained and
     #: tracked once and reused, exactly as the configured teacher is.

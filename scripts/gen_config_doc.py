@@ -232,6 +232,12 @@ def render() -> str:
         "",
     ]
     lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in FINAL_NOTES.items()]) + [""]
+    from kdlab import metrics
+
+    lines += ["Run modes add their own final metrics: `continual:` (besides `task<k>_accuracy`), `assistant:` and",
+              "`born_again:`.", ""]
+    modes = {**metrics.CONTINUAL, **metrics.ASSISTANT, **metrics.BORN_AGAIN}
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in modes.items()]) + [""]
     epoch = epoch_metric_names()
     missing = [m for m in epoch if m not in EPOCH_NOTES]
     if missing:

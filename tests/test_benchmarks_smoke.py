@@ -79,3 +79,9 @@ def test_workers_parts(bench_env):
     assert 0 < bench.pss_mib(os.getpid()) <= bench.hwm_mib(os.getpid())
     assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1", "2x1s"}
     assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each
+
+
+def test_loss_speed_quick(bench_env, capsys: pytest.CaptureFixture):
+    assert _load("loss_speed").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | s / epoch | vs kd |" in out and "| `rkd (before)` |" in out and "Machine:" in out

@@ -88,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "clear"])
     for kind in ("teachers", "outputs", "data"):
         p.add_argument(f"--{kind}", action="store_true", help=f"only the {kind} cache (default: all of them)")
+    p = sub.add_parser("compare", help="compare methods each at its tuned best: a study per method, then seeds "
+                                       "against the baseline (docs/compare.md)")
+    p.add_argument("file", help="run file with a `compare:` section")
+    _add_overrides(p)
+    p.add_argument("--seeds", type=int, help="retrain each best setting with seeds 0..N-1 (default: compare.seeds)")
+    p.add_argument("--n-trials", type=int, help="trials of each method's study (default: compare.n_trials)")
+    p.add_argument("--workers", type=int, help="worker processes of each study")
+    p.add_argument("--storage", help="Optuna storage URL of the studies")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--out", help="markdown table file (default: compare.out or $KDLAB_HOME/compare/<name>.md)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live display")
     return parser
 
 
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             from kdlab.cli.run import main as command
         elif args.command == "plugins":
             from kdlab.cli.plugins import main as command
+        elif args.command == "compare":
+            from kdlab.cli.compare import main as command
         elif args.command == "cache":
             from kdlab.cli.cache import main as command
         else:

@@ -28,11 +28,23 @@ def validate(args: argparse.Namespace) -> int:
         from kdlab.study.config import load_study_config
 
         load_study_config(loaded)
+    if loaded.config.compare is not None:
+        from kdlab.compare.config import load_compare_config
+        from kdlab.compare.runner import method_study
+        from kdlab.config import Source, dump_yaml
+        from kdlab.study.config import load_study_config
+
+        lc = load_compare_config(loaded)
+        for spec in lc.compare.specs():  # each method's study, as `kdlab compare` will write it
+            study_file = Source(f"{args.file} (compare method {spec.title})", dump_yaml(method_study(lc, spec)))
+            load_study_config(load_config(study_file, registry=loaded.registry))
     cfg = loaded.config
     parts = [f"data={cfg.data.name}", f"student={cfg.student.name}", f"loss={cfg.loss.name}"]
     if cfg.teacher:
         parts.insert(1, f"teacher={cfg.teacher.name}")
-    print(f"{args.file}: ok ({', '.join(parts)}{', with a study' if cfg.study is not None else ''})")
+    extra = ", with a study" if cfg.study is not None else ""
+    extra += f", comparing {len(cfg.compare.get('methods') or [])} methods" if cfg.compare is not None else ""
+    print(f"{args.file}: ok ({', '.join(parts)}{extra})")
     return 0
 
 

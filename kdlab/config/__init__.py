@@ -24,7 +24,8 @@ from kdlab.errors import ConfigError, Problem
 
 __all__ = [
     "flatten", "parse_override", "set_dotted", "COMPONENT_KINDS", "LoadedConfig", "derive_config", "load_config",
-    "DEVICE", "AssistantConfig", "ComponentConfig", "ContinualConfig", "DataConfig", "InitConfig", "OptimizerConfig",
+    "DEVICE", "AssistantConfig", "BornAgainConfig", "ComponentConfig", "ContinualConfig", "DataConfig", "InitConfig",
+    "OptimizerConfig",
     "RunConfig", "StudentConfig", "TeacherConfig", "TeacherTrainingConfig", "TrackingConfig", "TrainingConfig",
     "problems_from_validation", "Source", "dump_yaml", "ConfigError", "Problem",
 ]

@@ -20,7 +20,7 @@ from kdlab.suggest import did_you_mean
 #: config sections that name a component, and the component kind each names
 COMPONENT_KINDS = {"data": "data", "teacher": "teacher", "student": "student", "loss": "loss"}
 #: sections of a run config that describe a chain or a schedule, not one run; dropped from derived configs
-COMPOUND_SECTIONS = ("study", "assistant", "continual")
+COMPOUND_SECTIONS = ("study", "compare", "assistant", "continual", "born_again")
 
 
 class LoadedConfig:
@@ -88,8 +88,13 @@ def load_config(path_or_source: str | Path | Source, *, registry: Registry,
         if cfg.teacher is None:
             problems.append(Problem("assistant", "a teacher assistant needs a `teacher:` section to distil from",
                                     cfg.assistant.name, line=source.line_of(("assistant",))))
+    modes = [m for m in ("assistant", "continual", "born_again") if getattr(cfg, m) is not None]
+    if len(modes) > 1:
+        problems.append(Problem(modes[1], f"one run mode per run: this file has {' and '.join(modes)}", modes,
+                                line=source.line_of((modes[1],))))
     loss = components.get("loss")
-    if cfg.teacher is None and cfg.continual is None and loss is not None and _needs_teacher(loss):
+    if cfg.teacher is None and cfg.continual is None and cfg.born_again is None and loss is not None \
+            and _needs_teacher(loss):
         problems.append(Problem("loss.name", f"loss {loss.name!r} distils from a teacher: add a `teacher:` section "
                                 "(or use a loss that needs none, such as ce)", loss.name,
                                 line=source.line_of(("loss", "name"))))

@@ -147,6 +147,16 @@ class ContinualConfig(Strict):
                                           description="epochs on the first task (default: training.epochs)")
 
 
+class BornAgainConfig(Strict):
+    """Born-again networks (Furlanello et al. 2018): the student distilled from the generation before it, again and
+    again; see :mod:`kdlab.modes.born_again`."""
+
+    generations: int = Field(3, ge=1, le=20, description="student generations after generation 0 (paper: up to 3-4 "
+                                                         "on CIFAR-100)")
+    ensemble: bool = Field(True, description="also report the ensemble of the student generations (BANE: their "
+                                             "averaged softmax), as ensemble_test_accuracy")
+
+
 class RunConfig(Strict):
     data: DataConfig
     teacher: TeacherConfig | None = None
@@ -156,10 +166,14 @@ class RunConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     study: dict[str, Any] | None = Field(None, description="study settings, read by `kdlab study`")
+    compare: dict[str, Any] | None = Field(None, description="a comparison of methods, read by `kdlab compare` "
+                                                             "(docs/compare.md)")
     assistant: AssistantConfig | None = Field(None, description="distil through a teacher assistant "
                                                                 "(kdlab.modes.assistant)")
     continual: ContinualConfig | None = Field(None, description="learn the data's tasks in sequence "
                                                                 "(kdlab.modes.continual)")
+    born_again: BornAgainConfig | None = Field(None, description="self-distillation over generations of the student "
+                                                                 "(kdlab.modes.born_again)")
 
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)

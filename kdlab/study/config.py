@@ -140,6 +140,9 @@ class StudyConfig(_Strict):
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
     log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
+    declared_space: bool = Field(True, description="when loss.name is searched: also search each chosen loss's own "
+                                                   "declared space (its plugin's search_space) for params the file "
+                                                   "does not search (not with the grid sampler)")
 
     @property
     def objectives(self) -> list[Objective]:
@@ -216,6 +219,12 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
                                     "loss.name is searched as `type: categorical` with choices", dim.type))
         else:
             loss_choices = dim.choices
+            if study.sampler.name == "grid":
+                study.declared_space = False  # a grid is the file's dimensions only
+            elif study.declared_space:
+                for name in loss_choices:
+                    if name in loaded.registry.names("loss"):
+                        declared_space(loaded, name)  # a plugin's bad declaration fails here, at validation
     for key, dim in study.search.items():
         line = source.line_of(("study", "search", key))
         for cond_key in (dim.when or {}):
@@ -303,7 +312,8 @@ def sample(study: LoadedStudy, trial) -> dict[str, Any]:
     """Sample the search space for one trial: ``loss.name`` first, then everything active in that trial.
 
     When ``loss.name`` is searched, ``loss.params.X`` is sampled only in trials whose loss has a param ``X``, and
-    the loss's other params take their defaults (not the base config's, which belong to another loss).
+    the loss's other params take their defaults (not the base config's, which belong to another loss) — or, with
+    ``declared_space``, are sampled from the space the loss's plugin declares for them.
     """
     space = study.study.search
     chosen: dict[str, Any] = {}
@@ -319,7 +329,31 @@ def sample(study: LoadedStudy, trial) -> dict[str, Any]:
             if key.split(".", 2)[2] not in loss_params:
                 continue
         chosen[key] = dim.suggest(trial, key)
+    if "loss.name" in chosen and study.study.declared_space:
+        for key, dim in declared_space(study.loaded, chosen["loss.name"]).items():
+            if key not in space:
+                chosen[key] = dim.suggest(trial, key)
     return chosen
+
+
+def declared_space(loaded: LoadedConfig, loss: str) -> dict[str, Any]:
+    """The search space the plugin of loss ``loss`` declares for its params, as ``loss.params.<param>`` dimensions;
+    a declaration that is not a valid dimension is the plugin's error."""
+    from pydantic import TypeAdapter
+
+    from kdlab.errors import PluginError
+
+    comp = loaded.registry.get("loss", loss)
+    out = {}
+    for param, spec in (comp.extra.get("search_space") or {}).items():
+        try:
+            if param not in comp.params.model_fields:
+                raise ValueError(f"{param!r} is not a param of the loss")
+            out[f"loss.params.{param}"] = TypeAdapter(Dimension).validate_python(spec)
+        except (ValidationError, ValueError) as exc:
+            raise PluginError(f"loss {comp.name!r} from {comp.origin} declares a search space entry {param!r} = "
+                              f"{spec!r} that is not a valid dimension: {str(exc).splitlines()[0]}") from None
+    return out
 
 
 def trial_overrides(study: LoadedStudy, chosen: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from kdlab import batch
 from kdlab.config import flatten, load_config
 from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, trial_overrides
@@ -30,7 +31,8 @@ def open_parent_run(study, lstudy: LoadedStudy, tracker: Tracker) -> TrackedRun:
     parent = tracker.start(f"study-{lstudy.name}", tags={"kdlab.role": "study", "kdlab.study": lstudy.name})
     s = lstudy.study
     space = {k: d.model_dump(exclude_none=True) for k, d in s.search.items()}
-    params = flatten({k: v for k, v in lstudy.loaded.config.resolved_dict().items() if k not in ("study", "tracking")})
+    skip = ("study", "compare", "tracking")
+    params = flatten({k: v for k, v in lstudy.loaded.config.resolved_dict().items() if k not in skip})
     params.update({f"search.{k}": json.dumps(v) for k, v in space.items()})
     params.update({"study.sampler": s.sampler.name, "study.pruner": s.pruner.name,
                    "study.objective": json.dumps([o.model_dump() for o in s.objectives])})
@@ -103,7 +105,7 @@ def log_best_model(study, lstudy: LoadedStudy, tracker: Tracker, best: dict[str,
     local = tracker.download(run_id, "student/state_dict.pt")
     load_weights(model, load_state_dict_file(local, "best trial"), key="best trial", value=run_id)
     run = tracker.run(run_id)
-    run.log_model(model, "student", data.train.x[:8])
+    run.log_model(model, "student", batch.index(data.train.x, slice(0, 8)))
     run.set_tags({"kdlab.best": "true"})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab import paths
+from kdlab import batch, paths
 from kdlab.contracts import Part, check_logits, forward_of, who
 from kdlab.errors import KdlabError
 from kdlab.files import atomic_torch_save, atomic_write_text, file_digest
@@ -122,7 +122,7 @@ def teacher_outputs(teacher: Any, data: Data, device: torch.device, batch_size: 
     out = {}
     with forward_of(Part(teacher.model, "teacher", getattr(teacher, "component", None))):
         for split_name, split in data.splits().items():
-            out[split_name] = predict(teacher.model, split.x.to(device), batch_size)[0]
+            out[split_name] = predict(teacher.model, batch.to(split.x, device), batch_size)[0]
             check_logits(out[split_name], len(split), data.num_classes, name, f"over the {split_name} split")
     compact = {k: v.to(torch.float16).cpu().contiguous() for k, v in out.items()}
     atomic_torch_save(compact, path)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdlab import batch
 from kdlab.config import LoadedConfig, derive_config
 from kdlab.contracts import Part, check_logits, forward_of, who
 from kdlab.errors import KdlabError
@@ -82,11 +83,20 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
     teacher.model.to(device).eval()
     for p in teacher.model.parameters():
         p.requires_grad_(False)
-    if teacher.source in ("checkpoint", "mlflow"):
+    if teacher.source == "mlflow" or (teacher.source == "checkpoint" and not _made_here(cfg.checkpoint)):
         check_not_chance(teacher, data, device, cfg.checkpoint or cfg.mlflow_uri or "", cfg.on_chance_accuracy,
                          "teacher.checkpoint" if cfg.checkpoint else "teacher.mlflow_uri")
     session.teachers[fp] = teacher
     return teacher
+
+
+def _made_here(checkpoint: str) -> bool:
+    """A checkpoint kdlab wrote itself under its cache (an assistant, a born-again generation), not a user's file."""
+    from pathlib import Path
+
+    from kdlab import paths
+
+    return Path(checkpoint).expanduser().resolve().is_relative_to(paths.cache_base())
 
 
 def check_not_chance(teacher: Teacher, data: Data, device: torch.device, source: str, action: str, key: str) -> None:
@@ -99,7 +109,7 @@ def check_not_chance(teacher: Teacher, data: Data, device: torch.device, source:
     name = who("teacher", teacher.component)
     y = data.val.y.to(device)
     with forward_of(Part(teacher.model, "teacher", teacher.component)):
-        logits, _ = predict(teacher.model, data.val.x.to(device))
+        logits, _ = predict(teacher.model, batch.to(data.val.x, device))
     check_logits(logits, len(y), data.num_classes, name, "over the val split")
     acc = float(accuracy(logits, y))
     majority = float(torch.bincount(y, minlength=data.num_classes).max()) / max(1, len(y))

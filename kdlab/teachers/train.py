@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kdlab import __version__
+from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.contracts import Part, watch
 from kdlab.functional import accuracy, masked_cross_entropy
@@ -55,14 +55,14 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
                            params=flatten(teacher_params(loaded)), observers=session.observers,
                            flush_every_s=loaded.config.tracking.flush_every_s) as live:
         keep.watch(live, model)
-        train = TrainSet(data.train.x.to(device), data.train.y.to(device))
+        train = TrainSet(batch.to(data.train.x, device), data.train.y.to(device))
         with watch([Part(model, "teacher", comp), Part(ce, "loss")], data.num_classes):
             result = fit(model, ce, train, data.val.to(device), optimizer=tcfg.optimizer, epochs=tcfg.epochs,
                          batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
                          keep_best=loaded.config.training.keep_best,
                          eval_batch_size=loaded.config.training.eval_batch_size, on_epoch=live.epoch)
-            test_logits, _ = predict(model, data.test.x.to(device))
-            val_logits, _ = predict(model, data.val.x.to(device))
+            test_logits, _ = predict(model, batch.to(data.test.x, device))
+            val_logits, _ = predict(model, batch.to(data.val.x, device))
         metrics = {
             "teacher_test_accuracy": float(accuracy(test_logits, data.test.y.to(device))),
             "teacher_val_accuracy": float(accuracy(val_logits, data.val.y.to(device))),
@@ -79,7 +79,7 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
             tracked.log_state_dict(model, "teacher")
             if loaded.config.tracking.log_model:
-                tracked.log_model(model, "teacher", data.train.x[:8].to(device))
+                tracked.log_model(model, "teacher", batch.index(data.train.x, slice(0, 8)))
                 model.to(device)
     # cached only now that its run has ended FINISHED: a teacher whose record failed is never reused, and no
     # student links to a FAILED teacher run

@@ -19,7 +19,7 @@ from kdlab.functional import layer_outputs, masked_cross_entropy
 
 def _probe(ctx: kdlab.LossSetup, student_layers, teacher_layers) -> tuple[dict, dict]:
     """One forward pass of each model over the example batch: the captured features (checks the paths, too)."""
-    x = ctx.example_x[:8]
+    x = kdlab.batch.index(ctx.example_x, slice(0, 8))
     s = layer_outputs(ctx.student, x, student_layers, owner="the student", key="loss.params.student_layer(s)")
     t = layer_outputs(ctx.teacher, x, teacher_layers, owner="the teacher", key="loss.params.teacher_layer(s)")
     return s, t
@@ -98,10 +98,15 @@ class ATParams(BaseModel):
 
     @model_validator(mode="after")
     def _pairs(self) -> ATParams:
-        if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(f"student_layers ({len(self.student_layers)}) and teacher_layers "
-                             f"({len(self.teacher_layers)}) must pair up: give as many of each")
-        return self
+        return pair_up(self)
+
+
+def pair_up(params):
+    """Validator of params with ``student_layers`` and ``teacher_layers`` lists: they pair up in order."""
+    if len(params.student_layers) != len(params.teacher_layers):
+        raise ValueError(f"student_layers ({len(params.student_layers)}) and teacher_layers "
+                         f"({len(params.teacher_layers)}) must pair up: give as many of each")
+    return params
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:

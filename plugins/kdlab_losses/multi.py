@@ -71,7 +71,7 @@ class MultiTeacherKD(kdlab.Loss):
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
         with torch.no_grad():
-            logits = [inputs.teacher_logits] + [t(inputs.x) for t in self.extra]
+            logits = [inputs.teacher_logits] + [kdlab.batch.forward(t, inputs.x) for t in self.extra]
             target = mixed_soft_targets(logits, self.weights, self.p.temperature)
         t = self.p.temperature
         log_ps = F.log_softmax(inputs.student_logits / t, 1)
