@@ -18,6 +18,7 @@ from typing import Any
 
 from kdlab import paths, stores
 from kdlab.errors import shorten
+from kdlab.signals import deferred
 
 #: MLflow run statuses used by kdlab
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -50,7 +51,8 @@ def _retry(fn, *args, attempts: int = RETRY_ATTEMPTS, **kwargs):
     delay, waited = 0.05, 0.0
     for i in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            with deferred():  # a signal waits for the call to end: no transaction is cut in half
+                return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             transient = any(s in str(exc).lower() for s in _TRANSIENT)
             if transient and i < attempts - 1 and waited < RETRY_BUDGET_S:

@@ -104,6 +104,7 @@ def test_a_teacher_is_cached_only_once_its_run_is_recorded(write_config, monkeyp
     def broken(self, model, folder):
         raise TrackingError("MLflow tracking store 'sqlite:///x': log_artifact failed: OSError: disk full")
 
+    original = TrackedRun.log_state_dict
     monkeypatch.setattr(TrackedRun, "log_state_dict", broken)
     path = str(write_config(tiny_digits_config()))
     assert main(["run", path, "-q"]) == 1
@@ -113,8 +114,7 @@ def test_a_teacher_is_cached_only_once_its_run_is_recorded(write_config, monkeyp
     assert {p.name for p in kept.iterdir()} == {"state_dict.pt", "metrics.json", "config.yaml"}
     assert "teacher_val_accuracy" in json.loads((kept / "metrics.json").read_text())
     assert not any(cache_dir("teachers").iterdir())  # never reused
-    monkeypatch.undo()
-    monkeypatch.setenv("KDLAB_HOME", str(kdlab_home))
+    monkeypatch.setattr(TrackedRun, "log_state_dict", original)
     assert main(["run", path, "-q"]) == 0
     client = mlflow.MlflowClient(f"sqlite:///{kdlab_home / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])

@@ -53,7 +53,7 @@ def test_sigterm_to_the_main_process_stops_the_study_like_ctrl_c(tmp_path, write
     assert "Traceback" not in out
     assert not any(alive(pid) for pid in workers)
     study = load_study(kdlab_home, "termed")
-    assert len(study.trials) == 2
+    assert len(study.trials) == 2, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
     assert all(t.state.name == "FAIL" and t.user_attrs["fail_reason"] == "interrupted" for t in study.trials)
     _, runs = mlflow_runs(kdlab_home, "termed")
     assert next(r for r in runs if r.data.tags.get("kdlab.role") == "study").info.status == "KILLED"
@@ -99,7 +99,7 @@ def test_sigterm_during_kdlab_run_ends_the_run_killed(tmp_path, write_config, kd
             runs = []
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "kdlab: terminated (SIGTERM)" in err and "Traceback" not in err
+    assert proc.returncode == 143 and "kdlab: terminated (SIGTERM)" in err and "Traceback" not in err, err
     _, runs = mlflow_runs(kdlab_home, "test")
     student = next(r for r in runs if r.data.tags.get("kdlab.role") == "student")
     assert student.info.status == "KILLED" and student.data.tags["kdlab.status_reason"] == "interrupted"
