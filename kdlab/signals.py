@@ -26,16 +26,17 @@ _stopping = False
 _force_sigint = False  # the main process: a second Ctrl-C stops at once
 _depth = 0  # inside deferred() (main thread only)
 _pending: type[BaseException] | None = None
+_stopped_by: type[BaseException] | None = None
 
 
 def _on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
-    global _stopping, _pending
+    global _stopping, _pending, _stopped_by
     error = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     if _stopping:
         if error is KeyboardInterrupt and _force_sigint:
             raise KeyboardInterrupt()
         return  # already stopping: let the first signal's clean-up finish
-    _stopping = True
+    _stopping, _stopped_by = True, error
     if _depth > 0:
         _pending = error
         return
@@ -74,6 +75,12 @@ def handle_sigterm():
             signal.signal(s, handler)
 
     return restore
+
+
+def stopping() -> type[BaseException] | None:
+    """The error of the stop signal that arrived (:class:`Terminated` or ``KeyboardInterrupt``), or ``None``: a
+    worker starts no new trial after one."""
+    return _stopped_by if _stopping else None
 
 
 def reset() -> None:

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdlab import signals
 from kdlab.study import attrs
 
 
@@ -199,6 +200,9 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             break
+        stop = signals.stopping()
+        if stop is not None:  # a stop signal came while a trial was being recorded: start no other
+            raise stop()
         if counter is not None:
             with lock:
                 if counter.value >= spec.budget:
