@@ -349,21 +349,28 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("case, uri", [
-    (Case("student", "raises", MODEL_FAULTS["raises"]), "sqlite:///{tmp}/mlflow.db"),
-    (Case("store", "closed-port", ("no MLflow server answers",), code=1), "http://127.0.0.1:{port}"),
+@pytest.mark.parametrize("case, uri, extra", [
+    (Case("student", "raises", MODEL_FAULTS["raises"]), "sqlite:///{tmp}/mlflow.db", ["--no-track"]),
+    (Case("store", "closed-port", ("no MLflow server answers",), code=1), "http://127.0.0.1:{port}", []),
 ])
-def test_a_terminal_shows_one_paragraph_and_no_traceback(case, uri, tmp_path, write_config):
+def test_a_terminal_shows_one_paragraph_and_no_traceback(case, uri, extra, tmp_path, write_config):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
     path = write_config(run_config(case if case.kind != "store" else None,
                                    uri.format(tmp=tmp_path, port=closed_port())))
     env = {**os.environ, "KDLAB_HOME": str(tmp_path / "home")}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(driver), "run", str(path), "-q"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run([sys.executable, str(driver), "run", str(path), "-q", *extra], capture_output=True,
+                          text=True, env=env, timeout=120)
     check_error(proc.returncode, proc.stderr, time.monotonic() - start - 15, case)  # less a busy start-up
-    if case.kind != "store":  # --debug adds the traceback, for bug reports
-        proc = subprocess.run([sys.executable, str(driver), "--debug", "run", str(path), "-q", "--no-track"],
-                              capture_output=True, text=True, env=env, timeout=120)
-        assert proc.returncode == 3 and "Traceback" in proc.stderr and "mat1 and mat2" in proc.stderr
+
+
+def test_debug_adds_the_traceback(store, write_config, capsys, monkeypatch):
+    case = Case("student", "raises", MODEL_FAULTS["raises"])
+    path = str(write_config(run_config(case, store[0])))
+    assert main(["--debug", "run", path, "-q", "--no-track"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in forward" in err and err.rstrip().endswith("(--debug shows the traceback)")
+    monkeypatch.setenv("KDLAB_DEBUG", "1")
+    assert main(["run", path, "-q", "--no-track"]) == 3
+    assert "Traceback" in capsys.readouterr().err
