@@ -10,19 +10,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.contracts import Part, watch
+from kdlab.costs import LATENCY_BATCH, compression, model_costs
 from kdlab.errors import KdlabError, PluginError
-from kdlab.functional import accuracy
+from kdlab.exporting import export_problem
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.models import apply_init, build_model, model_builder
+from kdlab.provenance import dataset_record, log_dataset, run_description, source_tags
 from kdlab.rescue import Unrecorded
 from kdlab.session import Session, data_fingerprint
 from kdlab.teachers import Teacher, get_teacher, teacher_builder, teacher_outputs
-from kdlab.training import FitResult, TrainSet, count_params, fit, predict, resolve_device, seed_everything
+from kdlab.tracking import NOTE
+from kdlab.training import FitResult, TrainSet, accuracy_of, count_params, fit, predict, resolve_device, seed_everything
 from kdlab.types import UNLABELED, Data, Loss, LossSetup, RunInfo
 
 
@@ -93,13 +97,21 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     name = options.run_name or cfg.tracking.run_name or f"{cfg.student.name}-{cfg.loss.name}-seed{tcfg.seed}"
     info = RunInfo(role=options.role, config=cfg, device=str(device), trial_number=options.trial_number, name=name,
                    epochs=tcfg.epochs)
+    tracker = session.tracker(loaded) if track else None
+    log_model = bool(tracker) and (cfg.tracking.log_model if options.log_model is None else options.log_model)
+    # checked before training, so that a model torch.export cannot export is logged another way, not lost
+    export_problem = _export_check(student, train.x, cfg.student.name) if log_model else None
+    params = {**run_params(loaded), **options.params}
     keep = Unrecorded(name, cfg.resolved_dict())
-    with keep, tracked_run(info, tracker=session.tracker(loaded) if track else None,
-                           tags=run_tags(loaded, options, teacher, session),
-                           params={**run_params(loaded), **options.params}, parent_run_id=options.parent_run_id,
+    with keep, tracked_run(info, tracker=tracker, tags=run_tags(loaded, options, teacher, session, params),
+                           params=params, parent_run_id=options.parent_run_id,
                            observers=[*session.observers, *options.observers],
                            flush_every_s=cfg.tracking.flush_every_s) as live:
         keep.watch(live, student)
+        if live.tracked:
+            dataset = dataset_record(loaded, data, data_fingerprint(loaded))
+            log_dataset(live.tracked, dataset)
+            live.dataset = dataset.key
         with watch(parts, data.num_classes, check_first_call=not tcfg.compile):  # the first batch's contracts
             result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
                          batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
@@ -107,45 +119,96 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
                          precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch)
             metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size)
         metrics.update(extra_metrics)
+        metrics.update(best_epoch_metrics(result))
         metrics["train_time_s"] = result.train_time_s
-        metrics["best_epoch"] = float(result.best_epoch)
         live.finish(metrics, step=result.epochs_run)  # recorded even if an artifact below fails
         if live.tracked:
             live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
             live.tracked.log_state_dict(student, "student")
-            if cfg.tracking.log_model if options.log_model is None else options.log_model:
-                live.tracked.log_model(student, "student", batch.index(data.train.x, slice(0, 8)))
-                student.to(device)
+            if log_model:
+                live.model_id = live.tracked.log_model_or_warn(student, "student", data.train.x,
+                                                               export_problem=export_problem)
+    if live.model_id and cfg.tracking.register_model and options.role == "student":
+        register(tracker, cfg.tracking, live.model_id, info.run_id, f"run {name} ({loaded.name})",
+                 {"kdlab.config_file": loaded.name, **{f"metric.{k}": metrics[k] for k in REGISTERED if k in metrics}})
     return RunResult(metrics, info.run_id, student, result, teacher)
+
+
+#: the final metrics copied onto a registered model version as tags (``metric.<name>``)
+REGISTERED = ("val_accuracy", "test_accuracy", "agreement", "student_params", "student_flops", "compression_ratio",
+              "flops_compression_ratio", "student_latency_ms")
+
+
+def register(tracker, tracking, model_id: str, run_id: str | None, what: str, tags: dict[str, Any]) -> None:
+    """Register ``model_id`` as ``tracking.register_model`` with alias ``tracking.register_alias``; a failure is a
+    warning (the run and its logged model stand)."""
+    import logging
+
+    try:
+        version = tracker.register_model(tracking.register_model, model_id, alias=tracking.register_alias,
+                                         run_id=run_id, tags=tags, description=f"The student of {what}.")
+        logging.getLogger("kdlab").info("registered %s version %s (alias %s)", tracking.register_model, version,
+                                        tracking.register_alias)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("kdlab").warning("model not registered as %r: %s: %s", tracking.register_model,
+                                           type(exc).__name__, exc)
+
+
+def _export_check(model: nn.Module, example: torch.Tensor, name: str) -> str | None:
+    import logging
+
+    problem = export_problem(model, example)
+    if problem:
+        logging.getLogger("kdlab").warning("%s cannot be exported with torch.export (%s); it will be logged in "
+                                           "MLflow's pickle format instead of pt2", name, problem)
+    return problem
+
+
+def best_epoch_metrics(result: FitResult) -> dict[str, float]:
+    """``best_epoch``, ``best_val_accuracy`` and ``best_val_loss`` of a training run."""
+    out = {"best_epoch": float(result.best_epoch), "best_val_accuracy": result.best_val_accuracy}
+    if 0 < result.best_epoch <= len(result.history):
+        out["best_val_loss"] = result.history[result.best_epoch - 1]["val_loss"]
+    return out
 
 
 def evaluate(student: nn.Module, teacher: Teacher | None, data: Data, outputs: dict[str, torch.Tensor] | None,
              device: torch.device, batch_size: int) -> dict[str, float]:
-    """The student's final metrics (``kdlab.metrics.FINAL``) on the validation and test splits."""
+    """The student's final metrics (``kdlab.metrics.FINAL`` and ``COSTS``) on the validation and test splits."""
     test_y, val_y = data.test.y.to(device), data.val.y.to(device)
     test_logits, _ = predict(student, batch.to(data.test.x, device), batch_size)
     val_logits, _ = predict(student, batch.to(data.val.x, device), batch_size)
-    m = {"test_accuracy": float(accuracy(test_logits, test_y)), "val_accuracy": float(accuracy(val_logits, val_y)),
-         "student_params": float(count_params(student))}
+    m = {"test_accuracy": accuracy_of(test_logits, test_y), "val_accuracy": accuracy_of(val_logits, val_y),
+         "val_loss": float(F.cross_entropy(val_logits, val_y)), "student_params": float(count_params(student))}
+    example = batch.to(batch.index(data.val.x, slice(0, LATENCY_BATCH)), device)
+    m.update(model_costs(student, example, "student"))
     if teacher is not None and outputs is not None:
         t_params = float(count_params(teacher.model))
+        if str(device) not in teacher.costs:  # measured once per teacher and device
+            teacher.costs[str(device)] = model_costs(teacher.model, example, "teacher")
         m.update({
-            "teacher_test_accuracy": float(accuracy(outputs["test"], test_y)),
-            "teacher_val_accuracy": float(accuracy(outputs["val"], val_y)),
+            "teacher_test_accuracy": accuracy_of(outputs["test"], test_y),
+            "teacher_val_accuracy": accuracy_of(outputs["val"], val_y),
             "teacher_params": t_params,
             "compression_ratio": t_params / m["student_params"],
-            "agreement": float(accuracy(test_logits, outputs["test"].argmax(1))),
+            "agreement": accuracy_of(test_logits, outputs["test"].argmax(1)),
+            **teacher.costs[str(device)],
         })
+        m.update(compression(m, m))
     return m
 
 
-def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None, session: Session) -> dict[str, str]:
-    """A student run's MLflow tags: role, version, seed, loss, config file, plugins, teacher link, trial."""
+def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None, session: Session,
+             params: dict[str, Any] | None = None) -> dict[str, str]:
+    """A student run's MLflow tags: role, version, seed, loss, config file and its git commit, plugins, teacher
+    link, trial, and its description (one line: student, teacher, loss, searched params)."""
     cfg = loaded.config
     tags = {"kdlab.role": options.role, "kdlab.version": __version__, "kdlab.seed": str(cfg.training.seed),
-            "kdlab.loss": cfg.loss.name, "kdlab.config_file": loaded.name}
+            "kdlab.loss": cfg.loss.name, "kdlab.config_file": loaded.name, **source_tags(loaded)}
     for kind, comp in loaded.components.items():
         tags[f"kdlab.plugin.{kind}"] = f"{comp.plugin} {comp.distribution or ''} {comp.version or ''}".strip()
+    tracker = session.tracker(loaded)
+    teacher_link = None
     if teacher is not None:
         tags["kdlab.teacher_fingerprint"] = teacher.fingerprint
         tags["kdlab.teacher_source"] = teacher.source
@@ -153,19 +216,28 @@ def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None,
             tags["kdlab.teacher_warning"] = teacher.warning[:5000]
         if teacher.run_id:
             tags["kdlab.teacher_run_id"] = teacher.run_id
-            tracker = session.tracker(loaded)
             if tracker is not None:
-                tags["mlflow.note.content"] = f"Teacher run: [{teacher.run_id}]({tracker.run_url(teacher.run_id)})"
+                teacher_link = tracker.run_url(teacher.run_id)
     if options.trial_number is not None:
         tags["kdlab.trial_number"] = str(options.trial_number)
+    study = options.tags.get("kdlab.study")
+    study_link = tracker.run_url(options.parent_run_id) if tracker is not None and options.parent_run_id else None
+    tags[NOTE] = run_description(loaded, options.role, flat=params if params is not None else run_params(loaded),
+                                 teacher_link=teacher_link, study=study, study_link=study_link,
+                                 trial_number=options.trial_number)
+    if tracker is not None and options.role == "student":
+        tracker.describe_experiment(f"kdlab runs on `{cfg.data.name}`: one run per `kdlab run`, each linked to its "
+                                    "teacher's run (tag `kdlab.teacher_run_id`).")
     tags.update(options.tags)
     return tags
 
 
 def run_params(loaded: LoadedConfig) -> dict[str, Any]:
-    """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking)."""
+    """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking, and
+    without the keys the config leaves unset)."""
     skip = ("study", "compare", "tracking")
-    return flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in skip})
+    flat = flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in skip})
+    return {k: v for k, v in flat.items() if v is not None}
 
 
 def _transfer_used(data: Data, loss: Loss, outputs: Any, use_transfer: bool) -> bool:

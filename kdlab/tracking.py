@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdlab import paths, stores
+from kdlab import paths, store, stores
 from kdlab.errors import shorten
 from kdlab.signals import deferred
 
@@ -25,6 +25,10 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 #: tags of every run kdlab starts: the process that writes it (a run left RUNNING by a dead process is ended KILLED
 #: by the next command on the same host)
 TAG_HOST, TAG_PID = "kdlab.host", "kdlab.pid"
+#: the tag MLflow shows as the description of a run, an experiment or a logged model
+NOTE = "mlflow.note.content"
+#: tags of the experiments kdlab creates: the UI opens them as model training (runs, charts), not as GenAI (traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 #: at most this many tries of one call, and this many seconds of waiting between them in all
 RETRY_ATTEMPTS, RETRY_BUDGET_S = 8, 30.0
@@ -151,9 +155,11 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
-            location = paths.default_artifact_root().as_uri()
+            # mlflow-artifacts:/ names no place: the artifacts stay with the SQLite file when the store is copied
+            # (kdlab/store.py); without kdlab's resolver, the absolute folder as before
+            location = store.LOCATION if store.relocatable(self.uri) else paths.default_artifact_root().as_uri()
         try:
-            return _retry(self.client.create_experiment, name, artifact_location=location)
+            return _retry(self.client.create_experiment, name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # noqa: BLE001 - another worker created it first
             exp = _retry(self.client.get_experiment_by_name, name)
             if exp is None:
@@ -205,8 +211,50 @@ class Tracker:
 
         return Path(_retry(mlflow.artifacts.download_artifacts, f"runs:/{run_id}/{path}", tracking_uri=self.uri))
 
-    def run_url(self, run_id: str) -> str:
-        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+    def run_url(self, run_id: str, experiment_id: str | None = None) -> str:
+        return f"#/experiments/{experiment_id or self.experiment_id}/runs/{run_id}"
+
+    def describe_experiment(self, text: str, *, replace: bool = False) -> None:
+        """Set the experiment's description (the UI's ``mlflow.note.content``), unless it has one and not
+        ``replace``."""
+        exp = _retry(self.client.get_experiment, self.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in exp.tags:  # an experiment made before kdlab set it
+                _retry(self.client.set_experiment_tag, self.experiment_id, key, value)
+        if replace or not exp.tags.get(NOTE):
+            _retry(self.client.set_experiment_tag, self.experiment_id, NOTE, text)
+
+    def register_model(self, name: str, model_id: str, *, alias: str | None, run_id: str | None,
+                       tags: dict[str, Any] | None = None, description: str | None = None) -> str:
+        """Register the logged model ``model_id`` as a new version of the registered model ``name`` (created if
+        missing; a version of the same model is reused), with ``tags``, ``description`` and ``alias`` pointing at
+        it. Returns the version."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        mlflow.set_tracking_uri(self.uri)  # the SQL registry reads the logged model through the fluent URI
+        try:
+            _retry(self.client.create_registered_model, name)
+        except MlflowException as exc:
+            if "already exists" not in str(exc).lower():
+                raise
+        source = f"models:/{model_id}"
+        same = [v for v in _retry(self.client.search_model_versions, f"name='{name}'") if v.source == source]
+        version = same[0] if same else _retry(
+            self.client.create_model_version, name, source=source, run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()}, description=description, model_id=model_id)
+        if not same:  # the logged model's page lists its versions (as mlflow.register_model records them)
+            import json
+
+            key = "mlflow.modelVersions"
+            linked = json.loads(_retry(self.client.get_logged_model, model_id).tags.get(key) or "[]")
+            linked.append({"name": name, "version": version.version})
+            _retry(self.client.set_logged_model_tags, model_id, {key: json.dumps(linked)})
+        if alias:
+            _retry(self.client.set_registered_model_alias, name, alias, version.version)
+        if description:
+            _retry(self.client.update_registered_model, name, description=description)
+        return str(version.version)
 
 
 def end_orphaned_runs(tracker: Tracker) -> list[str]:
@@ -284,21 +332,56 @@ class TrackedRun:
         if items:
             _retry(self.client.log_batch, self.run_id, tags=items)
 
-    def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, step: int, metrics: dict[str, float], timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
+        ts = timestamp_ms or int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Log ``metrics`` at ``step`` now (with anything buffered)."""
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, *, model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None, timestamp_ms: int | None = None) -> None:
+        """Log ``metrics`` at ``step`` now (with anything buffered); with ``model_id`` they are also the logged
+        model's metrics (its page in the UI), evaluated on ``dataset`` (``(name, digest)`` of a logged input)."""
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        ts = timestamp_ms or int(time.time() * 1000)
+        name, digest = dataset or (None, None)
+        self._buffer.extend(Metric(k, float(v), ts, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+                            for k, v in metrics.items())
         self.flush()
+
+    def link_metrics(self, model_id: str, keys: list[str], dataset: tuple[str, str] | None = None) -> None:
+        """Make the latest values of the run's metrics ``keys`` the logged model ``model_id``'s too: each is
+        logged again with its own step and timestamp, which MLflow keeps once in the run's history (for a model
+        logged after its run's metrics, e.g. a study's best student)."""
+        from mlflow.entities import Metric
+
+        name, digest = dataset or (None, None)
+        latest = []
+        for key in keys:
+            history = _retry(self.client.get_metric_history, self.run_id, key)
+            if history:
+                m = max(history, key=lambda m: (m.step, m.timestamp))
+                latest.append(Metric(key, m.value, m.timestamp, m.step, model_id=model_id, dataset_name=name,
+                                     dataset_digest=digest))
+        for i in range(0, len(latest), 1000):
+            _retry(self.client.log_batch, self.run_id, metrics=latest[i : i + 1000])
+
+    def log_dataset(self, name: str, digest: str, source: str, *, schema: dict[str, Any] | None = None,
+                    profile: dict[str, Any] | None = None, context: str = "training",
+                    source_type: str = "kdlab") -> None:
+        """Record the run's data as an MLflow dataset input (the UI's Dataset column): ``name`` and ``digest``
+        identify it, ``source`` says where it comes from, ``profile`` holds e.g. the split sizes."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest, source_type=source_type, source=source,
+                     schema=json.dumps(schema) if schema is not None else None,
+                     profile=json.dumps(profile) if profile is not None else None)
+        _retry(self.client.log_inputs, self.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
 
     def flush(self, metrics: bool = True) -> None:
         """Send the buffered params (and, unless ``metrics`` is false, metrics) in as few ``log_batch`` calls as
@@ -336,37 +419,85 @@ class TrackedRun:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         _retry(self.client.log_figure, self.run_id, figure, artifact_file)
 
-    def log_model(self, model: Any, name: str, example_x: Any) -> None:
-        """``mlflow.pytorch.log_model`` with a signature inferred from numpy example inputs and outputs."""
+    def log_model(self, model: Any, name: str, example: Any, *, export_problem: str | None = None,
+                  tags: dict[str, Any] | None = None) -> str:
+        """Log ``model`` as an MLflow LoggedModel of this run named ``name``, with a signature and input example
+        from ``example`` (see :func:`kdlab.exporting.model_inputs`); returns its ``model_id``, so that the run's
+        final metrics can be linked to it.
+
+        Format: ``pt2`` (``torch.export``, loadable without the model's classes); ``pickle`` when
+        ``export_problem`` says the model cannot be exported or the export fails here (the reason is the logged
+        model's tag ``kdlab.pt2_skipped``). A model that cannot be logged at all is marked FAILED and the error
+        raised; the caller decides whether that costs anything (kdlab's runs only warn)."""
         import mlflow
         import mlflow.pytorch
         import torch
+        from mlflow.entities import LoggedModelStatus
         from mlflow.models import infer_signature
 
-        from kdlab import batch
+        from kdlab.exporting import model_inputs
 
         model = model.eval().cpu()
-        example = batch.to(example_x, "cpu")
+        args, kwargs, np_example = model_inputs(example)
         with torch.inference_mode():
-            out = batch.forward(model, example)
-        # one array, or named arrays (a dict of int64 token ids and masks, as the model's keyword arguments)
-        example_np = (example.numpy() if isinstance(example, torch.Tensor)
-                      else {k: v.numpy() for k, v in example.items()})
-        signature = infer_signature(example_np, out.float().numpy())
+            out = model(*args, **kwargs)
+        signature = infer_signature(np_example, out.float().numpy())
         # MLflow 3 files a new logged model under the process's *active* experiment (the Default one, with its
         # artifacts in the working directory's ./mlruns, unless set), not under its source run's experiment.
         # Create it in the run's experiment ourselves (as log_model would, with the run's params) and hand it over,
         # instead of setting global fluent state.
         mlflow.set_tracking_uri(self.tracker.uri)  # log_model writes through the fluent tracking URI
         run_params = _retry(self.client.get_run, self.run_id).data.params
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if export_problem:
+            tags["kdlab.pt2_skipped"] = export_problem[:5000]
         logged = _retry(self.client.create_logged_model, self.tracker.experiment_id, name=name,
-                        source_run_id=self.run_id, params=dict(run_params))
-        # pt2 (torch.export) is MLflow 3's default format: a traced graph, loadable without our classes
-        _retry(
-            mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-            input_example=example_np, serialization_format="pt2", model_id=logged.model_id,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+                        source_run_id=self.run_id, params=dict(run_params), tags=tags or None)
+
+        def log(fmt: str) -> None:
+            _retry(
+                mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
+                input_example=np_example, serialization_format=fmt, model_id=logged.model_id,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+
+        try:
+            if export_problem:
+                log("pickle")
+            else:
+                try:
+                    log("pt2")
+                except Exception as exc:  # noqa: BLE001 - exported but not saved as pt2: fall back to pickle
+                    _retry(self.client.set_logged_model_tags, logged.model_id,
+                           {"kdlab.pt2_skipped": f"{type(exc).__name__}: {exc}"[:5000]})
+                    log("pickle")
+        except BaseException:
+            _retry(self.client.finalize_logged_model, logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        return logged.model_id
+
+    def log_model_or_warn(self, model: Any, name: str, example: Any, *, export_problem: str | None = None,
+                          tags: dict[str, Any] | None = None) -> str | None:
+        """:meth:`log_model`, never raising: a model that cannot be logged costs its run nothing but a warning and
+        the run's tag ``kdlab.model_error``. ``model`` keeps its device and mode. Returns the model id or ``None``."""
+        import logging
+
+        device = next((p.device for p in model.parameters()), None)
+        was_training = model.training
+        try:
+            return self.log_model(model, name, example, export_problem=export_problem, tags=tags)
+        except Exception as exc:  # noqa: BLE001 - the run's results stand without the model copy
+            reason = f"{type(exc).__name__}: {exc}"
+            logging.getLogger("kdlab").warning("%s model of run %s not logged: %s", name, self.run_id, reason[:500])
+            try:
+                self.set_tags({"kdlab.model_error": reason[:5000]})
+            except Exception:  # noqa: BLE001
+                pass
+            return None
+        finally:
+            if device is not None:
+                model.to(device)
+            model.train(was_training)
 
     def end(self, status: str = FINISHED) -> None:
         if self.ended:

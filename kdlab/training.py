@@ -21,7 +21,7 @@ from kdlab.batch import Inputs
 from kdlab.capture import FeatureCapture
 from kdlab.config import OptimizerConfig
 from kdlab.errors import KdlabError, NonFiniteLoss
-from kdlab.functional import accuracy
+from kdlab.functional import count_correct
 from kdlab.types import Loss, LossInputs, Split
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -211,14 +211,17 @@ def fit(
                 values, steps = terms[k]
                 weights = rows if len(steps) == len(rows) else rows[[i // batch_size for i in steps]]
                 sums.append(torch.dot(torch.stack(values).float().reshape(-1), weights))
-            stacked = torch.stack([*sums, accuracy(val_logits, val_y),
-                                   F.cross_entropy(val_logits, val_y)]).tolist()  # the one host sync per epoch
+            # the one host sync per epoch; float64 (where the device has it) keeps the hit count exact
+            wide = torch.float32 if device.type == "mps" else torch.float64
+            stacked = torch.stack([s.to(wide) for s in (*sums, count_correct(val_logits, val_y),
+                                                        F.cross_entropy(val_logits, val_y))]).tolist()
             train_loss = stacked[0] / n
             if not math.isfinite(train_loss):
                 raise NonFiniteLoss(f"the training loss became {train_loss} in epoch {epoch}")
             metrics = {"train_loss": train_loss}
             metrics.update({f"train_{k}": v / n for k, v in zip(names, stacked[1:-2])})
-            metrics["val_accuracy"], metrics["val_loss"] = stacked[-2], stacked[-1]
+            metrics["val_accuracy"] = exact_fraction(round(stacked[-2]), len(val_y))
+            metrics["val_loss"] = stacked[-1]
             metrics["lr"] = opt.param_groups[0]["lr"]
             metrics["epoch_time_s"] = time.perf_counter() - t0
             history.append(metrics)
@@ -241,6 +244,16 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(len(history), best_epoch, best_acc, history, time.perf_counter() - start, last_state)
+
+
+def exact_fraction(hits: int, total: int) -> float:
+    """``hits / total`` as the nearest double (941/1000 reads 0.941): accuracies are counts over counts."""
+    return int(hits) / int(total) if total else float("nan")
+
+
+def accuracy_of(logits: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of ``logits`` against ``labels``, exact (see :func:`exact_fraction`)."""
+    return exact_fraction(int(count_correct(logits, labels)), len(labels))
 
 
 def count_params(model: nn.Module) -> int:

@@ -138,12 +138,21 @@ class Loss(nn.Module):
       otherwise they are computed once over the training data and cached.
     * ``student_layers`` / ``teacher_layers`` — dotted module paths whose outputs are captured with forward hooks.
       Set them on the instance (from params) in ``__init__``.
+    * ``stackable`` — trials that differ only in this loss's hyperparameters (and the optimizer's, and the seeds)
+      may be trained together as one batched model (:mod:`kdlab.stacking`), ``forward`` then runs under
+      ``torch.func.vmap`` with each member's tensors. Declare it only when (1) every hyperparameter that may differ
+      between trials is a tensor buffer (``register_buffer``; float64 keeps a Python float's value), not a Python
+      number, (2) ``forward`` has no Python control flow on tensor values (no ``if t > 0``, ``.item()``,
+      ``float(t)``, boolean-mask indexing; use ``torch.where``, ``gather``, ``clamp``) and (3) it uses
+      ``inputs.epoch`` / ``inputs.epochs`` only in arithmetic (a stack passes them as tensors). Anything else on the
+      instance (layer names, extra teachers) is taken from the stack's first member.
 
     Parameters of the loss (adapters, peer networks) are trained with the student.
     """
 
     uses_teacher: ClassVar[bool] = True
     live_teacher: ClassVar[bool] = False
+    stackable: ClassVar[bool] = False
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
 

@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kdlab.metrics import COSTS as COST_NOTES
 from kdlab.metrics import EPOCH as EPOCH_NOTES
 from kdlab.metrics import FINAL as FINAL_NOTES
+from kdlab.metrics import STEPS
+from kdlab.metrics import STUDY as STUDY_NOTES
 from kdlab.schema import FieldDoc, describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,10 +228,16 @@ def render() -> str:
         "",
         "Metric names are public interface: studies optimise them and the MLflow UI shows them.",
         "",
+        STEPS,
+        "",
+        "Accuracies are exact: a count of hits over a count of examples, logged as the nearest double (941 of",
+        "1000 reads 0.941).",
+        "",
         "### Final metrics of a run",
         "",
         "Logged once at the end of a student run (those without a teacher omit the teacher metrics;",
-        "a `student.init` run adds `init_loaded_tensors` and `frozen_params`).",
+        "a `student.init` run adds `init_loaded_tensors` and `frozen_params`). With `tracking.log_model` they",
+        "are also the metrics of the run's logged model (its page in the UI), measured on the run's dataset input.",
         "",
     ]
     lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in FINAL_NOTES.items()]) + [""]
@@ -238,6 +247,11 @@ def render() -> str:
               "`born_again:`.", ""]
     modes = {**metrics.CONTINUAL, **metrics.ASSISTANT, **metrics.BORN_AGAIN}
     lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in modes.items()]) + [""]
+    lines += ["### What the models cost", "",
+              "Final metrics too, measured at the end of each student run on the run's device (the teacher once per",
+              "process and device); a study may optimise `student_flops`, `flops_compression_ratio` and the",
+              "latencies, e.g. beside `val_accuracy` to find the smallest student that keeps its accuracy.", ""]
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in COST_NOTES.items()]) + [""]
     epoch = epoch_metric_names()
     missing = [m for m in epoch if m not in EPOCH_NOTES]
     if missing:
@@ -256,8 +270,17 @@ def render() -> str:
         "",
         "A teacher trained by kdlab is its own MLflow run (tag `kdlab.role: teacher`) with the per-epoch metrics",
         "above and `teacher_test_accuracy` (also as `test_accuracy`), `teacher_val_accuracy`, `teacher_params`,",
-        "`train_time_s` and `best_epoch`. A student run links to it with the tag `kdlab.teacher_run_id`.",
+        "`teacher_flops`, `teacher_latency_ms`, `teacher_batch_latency_ms`, `train_time_s`, `best_epoch`,",
+        "`best_val_accuracy` and `best_val_loss`. A student run links to it with the tag `kdlab.teacher_run_id`; the",
+        "teacher's run names the studies that used it (tag `kdlab.used_by_studies`, and its description).",
         "",
+        "### Study runs",
+        "",
+        "The parent run `study-<name>` of a study ([studies.md](studies.md)):",
+        "",
+    ]
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in STUDY_NOTES.items()]) + [""]
+    lines += [
         "## Environment",
         "",
     ]

@@ -39,11 +39,11 @@ def bench_env(shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
     return common
 
 
-@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup"])
+@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup", "stacking"])
 def test_quick_run(name: str, bench_env, capsys: pytest.CaptureFixture):
     assert _load(name).main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "| side |" in out or "| phase" in out or "| switch |" in out or "| command |" in out
+    assert "| side |" in out or "| phase" in out or "| switch |" in out or "| command |" in out or "| batch |" in out
     assert "Machine:" in out
 
 

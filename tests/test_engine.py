@@ -119,7 +119,15 @@ def test_log_model_logs_the_student_with_a_signature(write_config, kdlab_home, t
     assert logged.name == "student" and logged.source_run_id == student.info.run_id
     # filed under the run's experiment and KDLAB_HOME, not MLflow's Default experiment in ./mlruns
     assert logged.experiment_id == student.info.experiment_id
-    assert str(kdlab_home) in logged.artifact_location and not (tmp_path / "mlruns").exists()
+    assert logged.artifact_location.startswith("mlflow-artifacts:/") and not (tmp_path / "mlruns").exists()
+    assert (kdlab_home / "artifacts" / "models" / logged.model_id / "artifacts" / "MLmodel").exists()
+    # the run's final metrics are the model's, measured on the run's dataset input
+    model_metrics = {m.key: m for m in logged.metrics}
+    assert model_metrics["test_accuracy"].value == student.data.metrics["test_accuracy"]
+    assert {"best_val_accuracy", "student_flops", "agreement"} <= set(model_metrics)
+    (ds,) = student.inputs.dataset_inputs
+    assert model_metrics["test_accuracy"].dataset_name == ds.dataset.name == "digits"
+    assert model_metrics["test_accuracy"].dataset_digest == ds.dataset.digest
     mlflow.set_tracking_uri(default_tracking_uri())
     info = mlflow.models.get_model_info(f"models:/{outputs[0].model_id}")
     assert info.signature is not None
@@ -406,6 +414,9 @@ def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch)
         return teacher
 
     monkeypatch.setattr(distill, "get_teacher", counting_get_teacher)
+    # measuring what the teacher costs runs it on purpose (once per session and device): not counted here
+    real_costs = distill.model_costs
+    monkeypatch.setattr(distill, "model_costs", lambda m, x, role: {} if role == "teacher" else real_costs(m, x, role))
     second = run(_load(write_config, cfg))  # a new session: teacher and its outputs come from the disk cache
     assert second.teacher.source == "cache"
     assert calls == []  # not once: not per step, not per epoch, not for the metrics

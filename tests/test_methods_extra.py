@@ -532,7 +532,7 @@ OWN_PARAMS = {"ctkd", "vid", "crd", "reviewkd", "ab"}
 
 
 def _check_gradients(loss, student, teacher, x):
-    from kdlab.training import FeatureCapture
+    from kdlab.capture import FeatureCapture
 
     s_cap = FeatureCapture(student, loss.student_layers, key="k", owner="the student")
     t_cap = FeatureCapture(teacher, loss.teacher_layers, key="k", owner="the teacher")

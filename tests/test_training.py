@@ -92,4 +92,6 @@ def test_runs_of_a_session_share_the_training_rows(write_config):
     shared = next(iter(session.train_sets.values()))
     data = next(iter(session.data.values()))
     assert shared.x.data_ptr() == data.train.x.data_ptr()  # no copy of the data, not even once
-    assert first.metrics == second.metrics | {"train_time_s": first.metrics["train_time_s"]}
+    timed = ("train_time_s", "student_latency_ms", "student_batch_latency_ms")  # measured, not computed
+    assert {k: v for k, v in first.metrics.items() if k not in timed} == \
+        {k: v for k, v in second.metrics.items() if k not in timed}

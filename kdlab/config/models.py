@@ -125,7 +125,12 @@ class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite file under KDLAB_HOME)")
     experiment: str | None = Field(None, description="MLflow experiment (default: kdlab-<data name>)")
     run_name: str | None = None
-    log_model: bool = Field(True, description="log the student with mlflow.pytorch.log_model")
+    log_model: bool = Field(True, description="log the student (and a teacher kdlab trains) as an MLflow "
+                                              "LoggedModel linked to its run's final metrics")
+    register_model: str | None = Field(None, description="register the student in the MLflow Model Registry "
+                                                         "under this name: a study's best trial's, a run's own "
+                                                         "(with log_model)")
+    register_alias: str = Field("champion", description="the alias the registered version gets")
     flush_every_s: Float = Field(15.0, ge=0, le=86400, description="per-epoch metrics are sent in batches this often")
 
 

@@ -27,11 +27,11 @@ from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.distill import RunResult
 from kdlab.errors import KdlabError
-from kdlab.functional import accuracy, masked_cross_entropy, soft_kl
+from kdlab.functional import masked_cross_entropy, soft_kl
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.models import build_model
 from kdlab.session import Session
-from kdlab.training import TrainSet, fit, predict, resolve_device, seed_everything
+from kdlab.training import TrainSet, accuracy_of, fit, predict, resolve_device, seed_everything
 from kdlab.types import Data, Loss, LossInputs, LossOutput, RunInfo, Split
 
 
@@ -82,7 +82,7 @@ def task_split(split: Split, classes: list[int]) -> Split:
 def task_accuracy(net: nn.Module, split: Split, classes: list[int], device: torch.device, batch_size: int) -> float:
     part = task_split(split, classes)
     logits, _ = predict(TaskView(net, classes).to(device), batch.to(part.x, device), batch_size)
-    return float(accuracy(logits, part.y.to(device)))
+    return accuracy_of(logits, part.y.to(device))
 
 
 def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -> RunResult:
@@ -105,6 +105,7 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
             "kdlab.continual_method": ccfg.method, **options.tags}
     params = flatten({k: v for k, v in cfg.resolved_dict().items()
                       if k not in ("study", "tracking", "teacher", "loss", "assistant")})
+    params = {k: v for k, v in params.items() if v is not None}
     with tracked_run(info, tracker=session.tracker(loaded), tags=tags, params={**params, **options.params},
                      parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
                      flush_every_s=cfg.tracking.flush_every_s) as live:

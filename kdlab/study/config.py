@@ -139,7 +139,8 @@ class StudyConfig(_Strict):
     start_method: Literal["auto", "spawn"] = Field(
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
-    log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
+    log_best_model: bool = Field(True, description="log the best trial's student as an MLflow LoggedModel linked to "
+                                                   "its metrics (and register it: tracking.register_model)")
     declared_space: bool = Field(True, description="when loss.name is searched: also search each chosen loss's own "
                                                    "declared space (its plugin's search_space) for params the file "
                                                    "does not search (not with the grid sampler)")

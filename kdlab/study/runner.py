@@ -73,11 +73,10 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
 
     Fills ``session`` with the data and the teacher's outputs (reused by workers that share this process's
     memory: the in-process worker and forked ones)."""
-    from kdlab.functional import accuracy
     from kdlab.lifecycle import RunOptions
     from kdlab.modes import run
     from kdlab.teachers import get_teacher, teacher_outputs
-    from kdlab.training import resolve_device
+    from kdlab.training import accuracy_of, resolve_device
 
     loaded = lstudy.loaded
     dev = resolve_device(device)
@@ -85,8 +84,8 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
         data = session.get_data(loaded)
         teacher = get_teacher(loaded, data, dev, session, track=loaded.config.tracking.enabled)
         outputs = session.outputs[(teacher.fingerprint, str(dev))] = teacher_outputs(teacher, data, dev)
-        tm = {"teacher_test_accuracy": float(accuracy(outputs["test"], data.test.y.to(dev))),
-              "teacher_val_accuracy": float(accuracy(outputs["val"], data.val.y.to(dev)))}
+        tm = {"teacher_test_accuracy": accuracy_of(outputs["test"], data.test.y.to(dev)),
+              "teacher_val_accuracy": accuracy_of(outputs["val"], data.val.y.to(dev))}
         study.set_user_attr(attrs.TEACHER, {**tm, "run_id": teacher.run_id, "fingerprint": teacher.fingerprint})
         parent.log_metrics(tm)
         if teacher.run_id:

@@ -36,6 +36,8 @@ class Teacher:
     source: str  # "trained", "cache", "checkpoint", "mlflow"
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: what it costs to run (``kdlab.costs.model_costs``), by device: measured once per session
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the registered architecture (for error messages)
     component: Component | None = None
     #: why this teacher is suspect (``teacher.on_chance_accuracy: warn``), tagged ``kdlab.teacher_warning``

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -10,14 +11,20 @@ import torch
 from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.contracts import Part, watch
-from kdlab.functional import accuracy, masked_cross_entropy
+from kdlab.costs import LATENCY_BATCH, model_costs
+from kdlab.exporting import export_problem
+from kdlab.functional import masked_cross_entropy
 from kdlab.lifecycle import tracked_run
 from kdlab.models import apply_init, build_model
+from kdlab.provenance import dataset_record, log_dataset, source_tags, teacher_description
 from kdlab.rescue import Unrecorded
-from kdlab.session import Session
+from kdlab.session import Session, data_fingerprint
 from kdlab.teachers.cache import store_teacher, teacher_cache_dir
-from kdlab.training import TrainSet, count_params, fit, predict, seed_everything
+from kdlab.tracking import NOTE
+from kdlab.training import TrainSet, accuracy_of, count_params, fit, predict, seed_everything
 from kdlab.types import Data, Loss, LossInputs, LossOutput, RunInfo
+
+log = logging.getLogger("kdlab")
 
 
 class _LabelsOnly(Loss):
@@ -49,12 +56,20 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     ce = _LabelsOnly().to(device)
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), name=f"teacher-{cfg.name}-{fp[:8]}",
                    epochs=tcfg.epochs)
-    tags = {"kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__}
+    tracker = session.tracker(loaded) if track else None
+    log_model = bool(tracker) and loaded.config.tracking.log_model
+    problem = export_problem(model, data.train.x) if log_model else None
+    if problem:
+        log.warning("teacher %s cannot be exported with torch.export (%s); it will be logged in MLflow's pickle "
+                    "format instead of pt2", cfg.name, problem)
     keep = Unrecorded(info.name, teacher_params(loaded))
-    with keep, tracked_run(info, tracker=session.tracker(loaded) if track else None, tags=tags,
-                           params=flatten(teacher_params(loaded)), observers=session.observers,
-                           flush_every_s=loaded.config.tracking.flush_every_s) as live:
+    with keep, tracked_run(info, tracker=tracker, tags=teacher_tags(loaded, fp), params=teacher_run_params(loaded),
+                           observers=session.observers, flush_every_s=loaded.config.tracking.flush_every_s) as live:
         keep.watch(live, model)
+        if live.tracked:
+            dataset = dataset_record(loaded, data, data_fingerprint(loaded))
+            log_dataset(live.tracked, dataset)
+            live.dataset = dataset.key
         train = TrainSet(batch.to(data.train.x, device), data.train.y.to(device))
         with watch([Part(model, "teacher", comp), Part(ce, "loss")], data.num_classes):
             result = fit(model, ce, train, data.val.to(device), optimizer=tcfg.optimizer, epochs=tcfg.epochs,
@@ -64,13 +79,18 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             test_logits, _ = predict(model, batch.to(data.test.x, device))
             val_logits, _ = predict(model, batch.to(data.val.x, device))
         metrics = {
-            "teacher_test_accuracy": float(accuracy(test_logits, data.test.y.to(device))),
-            "teacher_val_accuracy": float(accuracy(val_logits, data.val.y.to(device))),
+            "teacher_test_accuracy": accuracy_of(test_logits, data.test.y.to(device)),
+            "teacher_val_accuracy": accuracy_of(val_logits, data.val.y.to(device)),
             "teacher_params": float(count_params(model)),
             "train_time_s": result.train_time_s,
             "best_epoch": float(result.best_epoch),
+            "best_val_accuracy": result.best_val_accuracy,
             **init_metrics,
         }
+        if 0 < result.best_epoch <= len(result.history):
+            metrics["best_val_loss"] = result.history[result.best_epoch - 1]["val_loss"]
+        metrics.update(model_costs(model, batch.to(batch.index(data.val.x, slice(0, LATENCY_BATCH)), device),
+                                   "teacher"))
         live.finish({**metrics, "test_accuracy": metrics["teacher_test_accuracy"]}, step=result.epochs_run)
         tracked = live.tracked
         meta = {"run_id": info.run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
@@ -78,13 +98,23 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         if tracked:
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
             tracked.log_state_dict(model, "teacher")
-            if loaded.config.tracking.log_model:
-                tracked.log_model(model, "teacher", batch.index(data.train.x, slice(0, 8)))
-                model.to(device)
+            if log_model:
+                live.model_id = tracked.log_model_or_warn(model, "teacher", data.train.x, export_problem=problem)
     # cached only now that its run has ended FINISHED: a teacher whose record failed is never reused, and no
     # student links to a FAILED teacher run
     store_teacher(fp, model, meta)
     return model, info.run_id, metrics
+
+
+def teacher_tags(loaded: LoadedConfig, fp: str, **extra: str) -> dict[str, str]:
+    """A teacher run's tags: role, fingerprint, version, source file and commit, and its description."""
+    return {"kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__,
+            **source_tags(loaded), NOTE: teacher_description(loaded), **extra}
+
+
+def teacher_run_params(loaded: LoadedConfig) -> dict[str, Any]:
+    """A teacher run's params: the sections that define it, flattened, without unset keys."""
+    return {k: v for k, v in flatten(teacher_params(loaded)).items() if v is not None}
 
 
 def record_cached_teacher(loaded: LoadedConfig, session: Session, fp: str, meta: dict[str, Any]) -> str | None:
@@ -100,12 +130,11 @@ def record_cached_teacher(loaded: LoadedConfig, session: Session, fp: str, meta:
         if found is not None and found.info.status == "FINISHED":
             return run_id
     cfg = loaded.config.teacher
-    tracked = tracker.start(f"teacher-{cfg.name}-{fp[:8]}", tags={
-        "kdlab.role": "teacher", "kdlab.teacher_fingerprint": fp, "kdlab.version": __version__,
-        "kdlab.teacher_source": "cache", **({"kdlab.original_run_id": run_id} if run_id else {})})
-    tracked.log_params(flatten(teacher_params(loaded)))
+    tracked = tracker.start(f"teacher-{cfg.name}-{fp[:8]}", tags=teacher_tags(
+        loaded, fp, **{"kdlab.teacher_source": "cache", **({"kdlab.original_run_id": run_id} if run_id else {})}))
+    tracked.log_params(teacher_run_params(loaded))
     if meta.get("metrics"):
-        tracked.log_metrics(meta["metrics"])
+        tracked.log_metrics(meta["metrics"], step=cfg.training.epochs)  # as a trained teacher's: at its last epoch
     tracked.log_artifact(teacher_cache_dir() / fp / "state_dict.pt", "teacher")
     tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
     tracked.end("FINISHED")
