@@ -1,7 +1,7 @@
 """MLflow tracking through the client API (no thread-local active run), with per-epoch metrics sent in batches.
 
 MLflow is imported only when a tracked run starts, so commands that do not track never pay for it. A store is
-checked and opened when its :class:`Tracker` is made (:mod:`kdlab.stores`: seconds, one clear error); later calls
+checked and opened when its :class:`Tracker` is made (:mod:`kdlab.store_checks`: seconds, one clear error); later calls
 retry transient errors (a locked SQLite file, a dropped database connection) a bounded number of times, and HTTP
 stores use MLflow's own retries, bounded by kdlab's defaults of ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (3),
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (1) and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (30 s) where the environment sets
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdlab import paths, store, stores
+from kdlab import paths, store
+from kdlab import store_checks as stores
 from kdlab.errors import shorten
 from kdlab.signals import deferred
 

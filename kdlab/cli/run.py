@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from kdlab.console import make_console, metrics_table, show_messages
     from kdlab.modes import Session, run
     from kdlab.observers.progress import ProgressObserver
-    from kdlab.stores import check_home
+    from kdlab.store_checks import check_home
 
     check_home()
     console = make_console()

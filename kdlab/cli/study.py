@@ -41,7 +41,7 @@ def show(path: str, options) -> dict:
     lstudy = load(path, options)
     url = storage_url(lstudy, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from kdlab import stores
+    from kdlab import store_checks as stores
 
     stores.check_storage_url(url)
     with stores.opening(url, "Optuna storage"):

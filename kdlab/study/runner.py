@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdlab import stores
+from kdlab import store_checks as stores
 from kdlab.config import load_config
 from kdlab.errors import ConfigError, Problem, Terminated
 from kdlab.paths import default_tracking_uri

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import tiny_digits_config
-from kdlab import stores
+from kdlab import store_checks as stores
 from kdlab.cli import main
 from kdlab.tracking import Tracker, TrackingError, _retry
 
