@@ -37,7 +37,10 @@ def alive(pid: int) -> bool:
 
 
 def long_study(write_config, name: str):
-    cfg = study_config(n_trials=8, workers=2, baseline=False)
+    cfg = study_config(n_trials=8, workers=2, baseline=False, search={
+        "optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
+    del cfg["teacher"]  # no teacher to train first: the trials start at once
+    cfg["loss"] = {"name": "ce"}
     cfg["training"]["epochs"] = 400  # trials that are still running when the signal comes
     return write_config(cfg, f"{name}.yaml")
 
@@ -83,7 +86,8 @@ def test_workers_die_with_a_killed_main_process_and_the_next_command_ends_its_ru
 def test_sigterm_during_kdlab_run_ends_the_run_killed(tmp_path, write_config, kdlab_home):
     from conftest import tiny_digits_config
 
-    cfg = tiny_digits_config()
+    cfg = tiny_digits_config(loss={"name": "ce"})
+    del cfg["teacher"]
     cfg["training"]["epochs"] = 2000
     path = write_config(cfg)
     env = {**os.environ, "KDLAB_HOME": str(kdlab_home)}

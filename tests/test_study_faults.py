@@ -24,6 +24,8 @@ def test_a_trial_that_fails_before_its_run_starts_is_recorded_in_mlflow(plugins,
     cfg = study_config(n_trials=2, baseline=False, search={
         "loss.name": {"type": "categorical", "choices": ["explode"]},
         "optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}})
+    del cfg["teacher"]
+    cfg["loss"] = {"name": "ce"}
     summary = run_study(str(write_config(cfg, "early.yaml")), StudyOptions(quiet=True))
     assert summary["states"] == {"FAIL": 2}
     study = load_study(kdlab_home, "early")
@@ -40,9 +42,11 @@ def test_a_trial_that_fails_before_its_run_starts_is_recorded_in_mlflow(plugins,
 
 def test_the_grid_sampler_with_two_workers_runs_each_point_once(write_config, kdlab_home):
     cfg = study_config(n_trials=20, workers=2, baseline=False, sampler={"name": "grid", "seed": 0}, search={
-        "loss.params.alpha": {"type": "float", "low": 0.2, "high": 0.8, "step": 0.2}})
+        "optimizer.lr": {"type": "float", "low": 0.01, "high": 0.04, "step": 0.01}})
+    del cfg["teacher"]
+    cfg["loss"] = {"name": "ce"}
     cfg["training"]["epochs"] = 1
     summary = run_study(str(write_config(cfg, "grid.yaml")), StudyOptions(quiet=True))
     assert summary["states"] == {"COMPLETE": 4}  # the budget is the grid's size
     study = load_study(kdlab_home, "grid")
-    assert sorted(round(t.params["loss.params.alpha"], 6) for t in study.trials) == [0.2, 0.4, 0.6, 0.8]
+    assert sorted(round(t.params["optimizer.lr"], 6) for t in study.trials) == [0.01, 0.02, 0.03, 0.04]
