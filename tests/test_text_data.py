@@ -261,3 +261,16 @@ def test_transfer_augmentation_is_seeded_and_does_what_tang_et_al_describe():
     assert all(set(t.split()) == {"[M]"} for t in masked[0])
     with pytest.raises(ValueError, match="above 1"):
         TransferParams(p_mask=0.7, p_replace=0.6)
+
+
+def test_a_dataset_streamed_from_a_folder_of_data_files(tmp_path):
+    """`path` may be what datasets.load_dataset reads: here a local folder of JSON Lines files, streamed row by row
+    (the first `limit` rows), as a large dataset on the Hub would be."""
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    rows = [{"text": r["text"], "label": r["label"]} for r in ROWS]
+    for split in ("train", "validation", "test"):
+        write_rows(folder, rows, "jsonl", split)
+    data = check_data(DATA["hf-dataset"], {"path": str(folder), "streaming": True, "limit": 20,
+                                           "tokenizer": {"kind": "word"}})
+    assert len(data.train) == len(data.val) == len(data.test) == 20 and data.class_names == ["neg", "pos"]
