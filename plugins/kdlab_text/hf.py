@@ -48,8 +48,9 @@ class HFParams(BaseModel):
                                                     "model's own tokenizer, else the data's input_ids")
     max_length: int | None = Field(None, gt=0, description="with a tokenizer of its own: longest token sequence "
                                                            "(default: the tokenizer's limit, at most 512)")
-    keep_head: bool = Field(False, description="keep the pretrained classification head (its width must be the "
-                                               "data's number of classes); false: a fresh head for the data")
+    keep_head: bool = Field(False, description="require the pretrained classification head: an error when its "
+                                               "width is not the data's number of classes; false: a head for the "
+                                               "data's classes (the checkpoint's when it has that width, else new)")
     revision: str | None = Field(None, description="a Hub revision of the pretrained model (branch, tag or commit)")
 
     @model_validator(mode="after")
