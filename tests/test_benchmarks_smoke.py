@@ -102,8 +102,9 @@ def test_text_parts(bench_env, write_config):
     study = {"trials": 2, "states": {"COMPLETE": 2}, "best_params": best, "best_val_accuracy": 0.8, "wall_s": 1.0,
              "worker_start": "fork"}
     text = bench.report({"studies": {m: study for m in ("kd", "ce", "aux")},
-                         "runs": {m: [run, run] for m in ("ce", "kd", "aux")}, "teacher_test_accuracy": 0.97,
+                         "runs": {m: [run, run] for m in bench.ROWS}, "teacher_test_accuracy": 0.97,
                          "teacher_params": 1000.0, "order_free_ceiling": ceiling, "ceiling_reviews": 3000,
                          "seeds": [0, 1], "wall_s": 60.0, "machine": "test", "config": base, "quick": True,
                          "argv": ["--quick"]})
-    assert "| `kd` |" in text and "gap to teacher" in text and "Machine: test" in text
+    assert "| `kd` |" in text and "| `kd, no transfer split` |" in text and "gap to teacher" in text
+    assert "Machine: test" in text
