@@ -218,7 +218,7 @@ def test_text_files_errors_name_the_file_row_and_column(tmp_path):
 def test_a_dataset_saved_to_disk_with_class_label_names(tmp_path):
     import datasets
 
-    datasets.disable_progress_bars()
+    from kdlab_text._extras import quiet_progress
 
     features = datasets.Features({"sentence": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive"])})
@@ -227,7 +227,8 @@ def test_a_dataset_saved_to_disk_with_class_label_names(tmp_path):
     ds = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
                                "validation": datasets.Dataset.from_dict(rows, features=features).select(range(8)),
                                "test": datasets.Dataset.from_dict(test_rows)})
-    ds.save_to_disk(str(tmp_path / "sst"))
+    with quiet_progress():  # no tqdm monitor thread left behind (a study in this process would spawn its workers)
+        ds.save_to_disk(str(tmp_path / "sst"))
     params = {"path": str(tmp_path / "sst"), "text_column": "sentence", "tokenizer": {"kind": "word"}}
     with pytest.raises(PluginError, match="6 rows without a label.*test_split: null"):
         DATA["hf-dataset"].build(DATA["hf-dataset"].validate_params({**params}), seed=0)

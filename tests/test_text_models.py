@@ -15,7 +15,7 @@ from kdlab import PluginError
 from kdlab.plugins import Plugins
 from kdlab.testing import check_data, check_loss, check_model, components_of
 from kdlab_text import decode_text
-from kdlab_text.hf import quiet_progress
+from kdlab_text._extras import quiet_progress
 from kdlab_text.models import reverse_tokens
 
 COMPONENTS = {f"{c.kind}:{c.name}": c for c in components_of(kdlab_text.plugin, "kdlab-text")}
@@ -127,7 +127,8 @@ def test_hf_pretrained_from_a_directory_tokenizes_the_raw_text_itself(data, tmp_
         {"model": str(folder), "keep_head": True}), num_classes=2, metadata=data.metadata)
     from transformers import AutoModelForSequenceClassification
 
-    saved = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    with quiet_progress():
+        saved = AutoModelForSequenceClassification.from_pretrained(str(folder))
     assert torch.equal(kept.model.classifier.weight, saved.classifier.weight)  # the pretrained head, kept
     with pytest.raises(PluginError, match="has 2 outputs but the data has 3 classes"):
         COMPONENTS["teacher:hf"].build(COMPONENTS["teacher:hf"].validate_params(

@@ -16,15 +16,13 @@ example index. Such a model is not exportable with ``torch.export`` (tokenizing 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from ._extras import require
+from ._extras import quiet_progress, require
 from .encoding import decode_text
 from .tokenizing import load_auto_tokenizer, pad_id_of
 
@@ -101,25 +99,6 @@ class HFClassifier(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-@contextlib.contextmanager
-def quiet_progress() -> Iterator[None]:
-    """transformers' progress bars off while loading: besides the noise, the first tqdm bar starts a monitor thread
-    that stays, and a process running another thread starts a study's workers with spawn instead of fork."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        was = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - an older or newer transformers without the switch: bars stay
-        yield
-        return
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def _max_length(tok: Any, wanted: int | None) -> int:
     if wanted is not None:
         return wanted
@@ -173,6 +152,7 @@ def _from_config(params: HFParams, num_classes: int, vocab_size: int, pad_id: in
 def make_hf(params: HFParams, *, num_classes: int, metadata: dict[str, Any]) -> nn.Module:
     """Any Hugging Face AutoModelForSequenceClassification: pretrained (name or directory) or from an inline
     config; tokenizes the raw text itself or takes the data's ids."""
+    require("transformers", "the hf model")
     with quiet_progress():
         return _make_hf(params, num_classes, metadata or {})
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 import kdlab
 
-from ._extras import require
+from ._extras import quiet_progress, require
 from .files import LabelMap
 from .textdata import TextParams, Texts, build_data, carve
 
@@ -91,6 +91,12 @@ def _class_names(ds: Any, split: str, column: str) -> list[str] | None:
 def make_hf_dataset(params: HFDatasetParams, *, seed: int) -> kdlab.Data:
     """A Hugging Face dataset by name or from a save_to_disk folder (optionally streamed): text column(s), label
     column, its splits or seeded stratified shares of train, an unlabeled split for the transfer split."""
+    require("datasets", "the hf-dataset data source")
+    with quiet_progress():
+        return _make(params, seed)
+
+
+def _make(params: HFDatasetParams, seed: int) -> kdlab.Data:
     ds = open_dataset(params)
     cols = [params.text_column] if isinstance(params.text_column, str) else list(params.text_column)
     named = {"train": params.train_split, "val": params.val_split, "test": params.test_split}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import kdlab
 
-from ._extras import require
+from ._extras import quiet_progress, require
 
 PAD, UNK, MASK, SEP, CLS = "[PAD]", "[UNK]", "[MASK]", "[SEP]", "[CLS]"
 #: the special tokens of a trained tokenizer, with these ids
@@ -190,7 +190,8 @@ def _save_for_transformers(tok: Any, folder: Path) -> str | None:
         return None
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, mask_token=MASK,
                                    sep_token=SEP, cls_token=CLS)
-    fast.save_pretrained(str(folder / "transformers"))
+    with quiet_progress():
+        fast.save_pretrained(str(folder / "transformers"))
     return str(folder / "transformers")
 
 
@@ -229,7 +230,8 @@ def load_auto_tokenizer(name: str, key: str = "tokenizer.name") -> Any:
     """``transformers.AutoTokenizer.from_pretrained(name)`` with an error that names what failed."""
     transformers = require("transformers", "a pretrained tokenizer")
     try:
-        return transformers.AutoTokenizer.from_pretrained(name)
+        with quiet_progress():
+            return transformers.AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # noqa: BLE001 - no such model, no network, a folder without tokenizer files
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         where = "a local directory" if Path(name).expanduser().exists() else "a Hugging Face model name"
