@@ -458,7 +458,9 @@ class TrackedRun:
         def log(fmt: str) -> None:
             _retry(
                 mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-                input_example=np_example, serialization_format=fmt, model_id=logged.model_id,
+                # MLflow's PyTorch flavour takes no dict input example (named inputs): their signature describes them
+                input_example=None if isinstance(np_example, dict) else np_example, serialization_format=fmt,
+                model_id=logged.model_id,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
 

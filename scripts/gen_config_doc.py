@@ -121,12 +121,15 @@ def first_party_components() -> list[Any]:
 
     import kdlab_data.plugin
     import kdlab_models.plugin
+    import kdlab_text.plugin  # imports neither transformers, tokenizers nor datasets
     from kdlab.registry import Registry
 
     reg = Registry()
     kdlab_data.plugin.kdlab_register_data(reg.registrar("data", "kdlab-data"))
+    kdlab_text.plugin.kdlab_register_data(reg.registrar("data", "kdlab-text"))
     kdlab_models.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-models"))
     kdlab_vision.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-vision"))
+    kdlab_text.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-text"))
     return reg.all("data") + reg.all("teacher")
 
 
