@@ -16,13 +16,15 @@ from torch import nn
 from kdlab import __version__, batch
 from kdlab.augment import Augment
 from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.contracts import Part, watch
 from kdlab.costs import LATENCY_BATCH, compression, model_costs
-from kdlab.errors import KdlabError
+from kdlab.errors import KdlabError, PluginError
 from kdlab.exporting import export_problem
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.loading import Concat, Rows, Views, eval_batches, head
 from kdlab.models import apply_init, build_model, model_builder
 from kdlab.provenance import dataset_record, log_dataset, run_description, source_tags
+from kdlab.rescue import Unrecorded
 from kdlab.session import Session, data_fingerprint
 from kdlab.teachers import Teacher, get_teacher, teacher_builder
 from kdlab.teachers.outputs import outputs_for_run, run_augment, views_for_run
@@ -54,7 +56,8 @@ def build_loss(loaded: LoadedConfig) -> Loss:
     comp = loaded.components["loss"]
     loss = comp.build(loaded.params["loss"])
     if not isinstance(loss, Loss):
-        raise KdlabError(f"loss {comp.name!r} from {comp.origin} returned {type(loss).__name__}, expected a kdlab.Loss")
+        raise PluginError(f"loss {comp.name!r} from {comp.origin} returned {type(loss).__name__}, expected a "
+                          "kdlab.Loss")
     return loss
 
 
@@ -92,7 +95,7 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
 
     seed_everything(tcfg.seed)
     student = build_model(loaded.components["student"], loaded.params["student"], data).to(device)
-    extra_metrics = apply_init(cfg.student.init, student, "student")
+    extra_metrics = apply_init(cfg.student.init, student, "student", cfg.tracking.uri)
     if tcfg.channels_last:
         student.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -105,13 +108,17 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
                                    tuple(loss.teacher_layers), key="loss.params", owner="the teacher")
         train.teacher_features = feats
     example = batch.to(head(train.x, 64), device)
-    loss.setup(LossSetup(
-        student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
-        num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
-        student_config=cfg.student.model_dump(mode="json"),
-        example_x=augment.eval(example) if augment is not None else example,
-        build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
-    ))
+    parts = [Part(student, "student", loaded.components["student"]), Part(loss, "loss", loaded.components["loss"])]
+    if teacher is not None:
+        parts.append(Part(teacher.model, "teacher", teacher.component))
+    with watch(parts, data.num_classes, check_first_call=False):
+        loss.setup(LossSetup(
+            student=student, teacher=teacher.model if teacher else None, input_shape=data.input_shape,
+            num_classes=data.num_classes, device=device, build_model=model_builder(loaded.registry, data, device),
+            student_config=cfg.student.model_dump(mode="json"),
+            example_x=augment.eval(example) if augment is not None else example,
+            build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
+        ))
     loss.to(device)
     fit_model = torch.compile(student) if tcfg.compile else student
 
@@ -123,20 +130,24 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     # checked before training, so that a model torch.export cannot export is logged another way, not lost
     export_problem = _export_check(student, head(train.x, 8), cfg.student.name) if log_model else None
     params = {**run_params(loaded), **options.params}
-    with tracked_run(info, tracker=tracker, tags=run_tags(loaded, options, teacher, session, params), params=params,
-                     parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
-                     flush_every_s=cfg.tracking.flush_every_s) as live:
+    keep = Unrecorded(name, cfg.resolved_dict())
+    with keep, tracked_run(info, tracker=tracker, tags=run_tags(loaded, options, teacher, session, params),
+                           params=params, parent_run_id=options.parent_run_id,
+                           observers=[*session.observers, *options.observers],
+                           flush_every_s=cfg.tracking.flush_every_s) as live:
+        keep.watch(live, student)
         if live.tracked:
             dataset = dataset_record(loaded, data, data_fingerprint(loaded))
             log_dataset(live.tracked, dataset)
             live.dataset = dataset.key
-        result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
-                     batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                     teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
-                     precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch,
-                     augment=augment, views=views, loader=cfg.data.loader, channels_last=tcfg.channels_last)
-        metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size, augment=augment,
-                           loader=cfg.data.loader, channels_last=tcfg.channels_last)
+        with watch(parts, data.num_classes, check_first_call=not tcfg.compile):  # the first batch's contracts
+            result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
+                         batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
+                         teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
+                         precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch,
+                         augment=augment, views=views, loader=cfg.data.loader, channels_last=tcfg.channels_last)
+            metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size, augment=augment,
+                               loader=cfg.data.loader, channels_last=tcfg.channels_last)
         metrics.update(extra_metrics)
         metrics.update(best_epoch_metrics(result))
         metrics["train_time_s"] = result.train_time_s
@@ -236,6 +247,8 @@ def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None,
     if teacher is not None:
         tags["kdlab.teacher_fingerprint"] = teacher.fingerprint
         tags["kdlab.teacher_source"] = teacher.source
+        if teacher.warning:
+            tags["kdlab.teacher_warning"] = teacher.warning[:5000]
         if teacher.run_id:
             tags["kdlab.teacher_run_id"] = teacher.run_id
             if tracker is not None:

@@ -114,9 +114,9 @@ def _params(component: Component, example: dict[str, Any] | None) -> BaseModel:
 
 def check_data(component: Component, example: dict[str, Any] | None = None, *, seed: int = 0) -> Data:
     """The factory builds a :class:`kdlab.Data`: labelled train/val/test splits (and an optional unlabeled
-    transfer split) whose inputs are one tensor or a dict of named tensors — float32 features (finite) or int64 ids
-    — with the same form, names, per-example shapes and dtypes in every split, int64 labels in
-    ``[0, num_classes)``, and the same tensors when built again with the same params and seed.
+    transfer split) whose inputs are one tensor or a dict of named tensors — float32 features (finite), int64 ids,
+    bool masks or uint8 bytes (raw text) — with the same form, names, per-example shapes and dtypes in every split,
+    int64 labels in ``[0, num_classes)``, and the same tensors when built again with the same params and seed.
 
     A streamed split (inputs a map-style dataset) is checked on a few of its examples (the first, a middle one and
     the last): each a tensor or dict of tensors without the batch dimension, of the form above; its labels are a
@@ -225,6 +225,8 @@ def _check_inputs(component: Component, where: str, x: Any, form: Any) -> Any:
     """One split's inputs against the contract and against the form (names, shapes, dtypes) of the splits before."""
     import torch
 
+    dtypes = (torch.float32, torch.int64, torch.bool, torch.uint8)  # the contract's
+
     if isinstance(x, torch.Tensor):
         named = {"x": x}
     elif isinstance(x, dict) and x and all(isinstance(k, str) for k in x):
@@ -234,9 +236,10 @@ def _check_inputs(component: Component, where: str, x: Any, form: Any) -> Any:
     n = None
     for name, t in named.items():
         what = f"{where}: x" if name == "x" and isinstance(x, torch.Tensor) else f"{where}: x[{name!r}]"
-        if not isinstance(t, torch.Tensor) or t.ndim < 1 or t.dtype not in (torch.float32, torch.int64, torch.bool):
-            raise _fail(component, f"{what} must be a float32 (features) or int64 (ids) tensor with the examples "
-                                   f"along dim 0, got {getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
+        if not isinstance(t, torch.Tensor) or t.ndim < 1 or t.dtype not in dtypes:
+            raise _fail(component, f"{what} must be a float32 (features), bool (masks), uint8 (bytes) or int64 "
+                                   f"(ids) tensor with the examples along dim 0, got {getattr(t, 'dtype', type(t))} "
+                                   f"{tuple(getattr(t, 'shape', ()))}")
         if t.dtype == torch.float32 and (t.ndim < 2 and isinstance(x, torch.Tensor)):
             raise _fail(component, f"{what} must have shape (N, *input_shape), got {tuple(t.shape)}")
         if n is None:
@@ -314,8 +317,8 @@ def check_model(component: Component, example: dict[str, Any] | None = None, *,
 
 def _tiny_net(example: Any, num_classes: int, width: int = 16, vocab: int = 0) -> nn.Module:
     """A student/teacher stand-in named as kdlab's first-party models are (``blocks.0``, ``blocks.1``, ``head``),
-    for inputs like ``example``: float tensors are flattened, int64 ids embedded and averaged (``vocab`` ids), named
-    inputs (``model(**x)``) joined."""
+    for inputs like ``example``: float tensors are flattened, integer ids (int64, uint8 bytes, bool) embedded and
+    averaged (``vocab`` ids), named inputs (``model(**x)``) joined."""
     import torch
     from torch import nn
 
@@ -336,7 +339,7 @@ def _tiny_net(example: Any, num_classes: int, width: int = 16, vocab: int = 0) -
 
         def forward(self, *args, **named):
             inputs = {"x": args[0]} if args else named
-            feats = [self.embed[k](t.clamp(0, self.embed[k].num_embeddings - 1)).flatten(1, -2).mean(1)
+            feats = [self.embed[k](t.long().clamp(0, self.embed[k].num_embeddings - 1)).flatten(1, -2).mean(1)
                      if k in self.embed else t.flatten(1).float() for k, t in inputs.items()]
             return self.head(self.blocks(torch.cat(feats, 1)))
 

@@ -1,36 +1,96 @@
 """MLflow tracking through the client API (no thread-local active run), with per-epoch metrics sent in batches.
 
-MLflow is imported only when a tracked run starts, so commands that do not track never pay for it.
+MLflow is imported only when a tracked run starts, so commands that do not track never pay for it. A store is
+checked and opened when its :class:`Tracker` is made (:mod:`kdlab.store_checks`: seconds, one clear error); later calls
+retry transient errors (a locked SQLite file, a dropped database connection) a bounded number of times, and HTTP
+stores use MLflow's own retries, bounded by kdlab's defaults of ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (3),
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` (1) and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (30 s) where the environment sets
+none. A call that still fails raises :class:`TrackingError`.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from kdlab import paths, store
+from kdlab import store_checks as stores
+from kdlab.errors import shorten
+from kdlab.signals import deferred
 
 #: MLflow run statuses used by kdlab
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+#: tags of every run kdlab starts: the process that writes it (a run left RUNNING by a dead process is ended KILLED
+#: by the next command on the same host)
+TAG_HOST, TAG_PID = "kdlab.host", "kdlab.pid"
 #: the tag MLflow shows as the description of a run, an experiment or a logged model
 NOTE = "mlflow.note.content"
 #: tags of the experiments kdlab creates: the UI opens them as model training (runs, charts), not as GenAI (traces)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
+#: at most this many tries of one call, and this many seconds of waiting between them in all
+RETRY_ATTEMPTS, RETRY_BUDGET_S = 8, 30.0
+_TRANSIENT = ("database is locked", "locked", "busy", "server closed the connection", "connection reset",
+              "could not connect", "temporarily unavailable", "too many connections", "deadlock")
+#: MLflow's HTTP retries, where the environment says nothing (MLflow's own default retries for about 4 minutes)
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """SQLite stores shared by worker processes can be briefly locked; retry with backoff."""
-    delay = 0.05
+
+class TrackingError(stores.StoreError):
+    """A call to the tracking store failed for good (after bounded retries)."""
+
+
+#: MLflow's answers to a request that a caller handles (no such run, a name taken, a param logged twice)
+_ANSWERS = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "BAD_REQUEST",
+            "INVALID_STATE", "PERMISSION_DENIED", "NOT_FOUND", "ENDPOINT_NOT_FOUND")
+
+
+def _retry(fn, *args, attempts: int = RETRY_ATTEMPTS, **kwargs):
+    """Call ``fn``; transient store errors are retried with backoff (``attempts`` tries, at most
+    :data:`RETRY_BUDGET_S` seconds of waiting). A failure that persists is a :class:`TrackingError` naming the
+    store and the call."""
+    delay, waited = 0.05, 0.0
     for i in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            with deferred():  # a signal waits for the call to end: no transaction is cut in half
+                return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            if i == attempts - 1 or "locked" not in str(exc).lower():
+            transient = any(s in str(exc).lower() for s in _TRANSIENT)
+            if transient and i < attempts - 1 and waited < RETRY_BUDGET_S:
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+                continue
+            if getattr(exc, "error_code", None) in _ANSWERS:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            name = getattr(fn, "__name__", "call")
+            tries = f" after {i + 1} tries" if i else ""
+            raise TrackingError(f"MLflow tracking store {stores.mask(_uri_of(fn))!r}: {name} failed{tries}: "
+                                f"{type(exc).__name__}: {shorten(str(exc), 500)}") from exc
+
+
+def _uri_of(fn) -> str:
+    client = getattr(fn, "__self__", None)
+    uri = getattr(client, "_tracking_uri", None) or getattr(client, "tracking_uri", None)
+    if uri is None:
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+    return str(uri)
+
+
+def host_id() -> str:
+    """This machine (and PID namespace: containers on one host do not see each other's processes), as tagged on
+    runs: a run's process can be checked for life only from the same host id."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").split("[", 1)[1].rstrip("]")
+    except (OSError, IndexError):
+        ns = ""
+    return f"{socket.gethostname()}{'/' + ns if ns else ''}"
 
 
 def _quiet_mlflow() -> None:
@@ -38,6 +98,8 @@ def _quiet_mlflow() -> None:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -80,11 +142,12 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = uri or paths.default_tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(self.uri)
-        self.experiment_name = experiment
-        self.experiment_id = self._experiment(experiment)
+        stores.check_tracking_uri(self.uri)
+        with stores.opening(self.uri):
+            self.client = MlflowClient(self.uri)
+            self.experiment_name = experiment
+            self.experiment_id = self._experiment(experiment)
+            end_orphaned_runs(self)
         mlflow.set_tracking_uri(self.uri)
 
     def _experiment(self, name: str) -> str:
@@ -106,7 +169,7 @@ class Tracker:
 
     def start(self, name: str, *, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
               flush_every_s: float = 15.0) -> TrackedRun:
-        tags = dict(tags or {})
+        tags = {TAG_HOST: host_id(), TAG_PID: str(os.getpid()), **(tags or {})}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = _retry(self.client.create_run, self.experiment_id, run_name=name, tags=tags)
@@ -193,6 +256,50 @@ class Tracker:
         if description:
             _retry(self.client.update_registered_model, name, description=description)
         return str(version.version)
+
+
+def end_orphaned_runs(tracker: Tracker) -> list[str]:
+    """End ``KILLED`` the runs of this store left ``RUNNING`` by a process of this host that is gone (killed with
+    SIGKILL, out of memory, a power cut), with the reason in ``kdlab.status_reason``; a study trial's run also gets
+    ``kdlab.trial_state=FAIL`` and ``kdlab.fail_reason=interrupted``. Returns their ids."""
+    from mlflow.entities import RunTag, ViewType
+
+    host = host_id()
+    client = tracker.client
+    ids = [e.experiment_id for e in _retry(client.search_experiments, view_type=ViewType.ACTIVE_ONLY,
+                                               max_results=1000)]
+    ended: list[str] = []
+    for i in range(0, len(ids), 100):
+        runs = _retry(client.search_runs, ids[i: i + 100], max_results=1000,
+                      filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'")
+        for run in runs:
+            pid = run.data.tags.get(TAG_PID, "")
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            tags = [RunTag("kdlab.status_reason", f"interrupted: its process {pid} on {host} was gone when the "
+                                                  "next kdlab command started")]
+            if run.data.tags.get("kdlab.trial_state") == "RUNNING":
+                tags += [RunTag("kdlab.trial_state", "FAIL"), RunTag("kdlab.fail_reason", "interrupted")]
+            _retry(client.log_batch, run.info.run_id, tags=tags)
+            _retry(client.set_terminated, run.info.run_id, KILLED)
+            ended.append(run.info.run_id)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class TrackedRun:
@@ -351,7 +458,9 @@ class TrackedRun:
         def log(fmt: str) -> None:
             _retry(
                 mlflow.pytorch.log_model, model, name=name, signature=signature, run_id=self.run_id,
-                input_example=np_example, serialization_format=fmt, model_id=logged.model_id,
+                # MLflow's PyTorch flavour takes no dict input example (named inputs): their signature describes them
+                input_example=None if isinstance(np_example, dict) else np_example, serialization_format=fmt,
+                model_id=logged.model_id,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
 

@@ -22,8 +22,8 @@ UNLABELED = -1
 class Split:
     """One split of a dataset: inputs ``x`` — one tensor of shape ``(N, *input_shape)`` (float32 features, or
     int64 token ids) or a dict of named tensors with ``N`` rows each (``{"input_ids": ..., "attention_mask": ...}``,
-    passed to models as keyword arguments) — and labels ``y`` of shape ``(N,)`` (int64, in ``[0, num_classes)``),
-    or ``y=None`` for an unlabeled split.
+    passed to models as keyword arguments; uint8 for bytes such as raw text, bool for masks) — and labels ``y`` of
+    shape ``(N,)`` (int64, in ``[0, num_classes)``), or ``y=None`` for an unlabeled split.
 
     For data that does not fit in memory, ``x`` may instead be a map-style dataset (``len(x)``, ``x[i]`` -> the
     inputs of example ``i`` without the batch dimension: a tensor or a dict of named tensors; optionally
@@ -53,9 +53,9 @@ class Data:
 
     Contract: ``train``, ``val`` and ``test`` are labelled; ``transfer`` (optional) is unlabeled and only ever
     seen through the teacher's outputs. All splits have inputs of the same form (one tensor, or dicts with the same
-    names) and per-example shapes and dtypes (float32 features or int64 ids); labels are int64 in
-    ``[0, num_classes)``. The same params and seed give the same tensors. ``tasks`` (optional) partitions the
-    classes for continual-learning runs, e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``. ``metadata`` is what model
+    names) and per-example shapes and dtypes (float32 features, int64 ids, bool masks or uint8 bytes); labels are
+    int64 in ``[0, num_classes)``. The same params and seed give the same tensors. ``tasks`` (optional) partitions
+    the classes for continual-learning runs, e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``. ``metadata`` is what model
     factories should not have to be told again (``vocab_size``, ``pad_id``, ``tokenizer``, ...): it reaches them
     as the keyword argument ``metadata``.
     """

@@ -127,12 +127,15 @@ def first_party_components() -> list[Any]:
 
     import kdlab_data.plugin
     import kdlab_models.plugin
+    import kdlab_text.plugin  # imports neither transformers, tokenizers nor datasets
     from kdlab.registry import Registry
 
     reg = Registry()
     kdlab_data.plugin.kdlab_register_data(reg.registrar("data", "kdlab-data"))
+    kdlab_text.plugin.kdlab_register_data(reg.registrar("data", "kdlab-text"))
     kdlab_models.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-models"))
     kdlab_vision.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-vision"))
+    kdlab_text.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-text"))
     return reg.all("data") + reg.all("teacher")
 
 
@@ -195,6 +198,11 @@ def render() -> str:
         "key, the value and what was expected. Any key can be overridden on the command line with",
         "`--set KEY=VALUE` (the value is read as YAML: `--set loss.params.temperature=2`,",
         "`--set student.params.hidden=[64,32]`). Unknown keys are errors.",
+        "",
+        "Limits ([faults.md](faults.md)): a file is UTF-8 text of at most 1 MiB, nested at most 64 levels deep,",
+        "whose YAML aliases expand to at most 100000 values; numbers are finite (`.inf` and `.nan` are errors) and",
+        "`true`/`false` are not numbers; seeds are in `[0, 2**32 - 1]`; a loss that distils from a teacher",
+        "needs a `teacher:` section.",
         "",
         "The components `data`, `teacher`, `student` and `loss` are each `{name, params}`: `name` picks a",
         "registered component and `params` is validated by the params model its plugin registered",

@@ -73,7 +73,8 @@ class TokenNet(nn.Module):
         self.blocks = nn.Sequential(nn.Sequential(nn.Linear(params.dim, params.dim), nn.ReLU()))
         self.head = nn.Linear(params.dim, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **unused: torch.Tensor) -> torch.Tensor:
         mask = (input_ids != 0).float() if attention_mask is None else attention_mask.float()
         h = self.embed(input_ids)
         if self.gru is not None:
@@ -156,6 +157,34 @@ def test_conformance_kit_names_a_dtype_the_contract_does_not_take():
     comp = next(c for c in components_of(Bad(), "test-bad") if c.kind == "data")
     with pytest.raises(ConformanceError, match=r"split 'train': x\['input_ids'\] must be a float32 .* or int64"):
         check_data(comp)
+
+
+def test_conformance_kit_accepts_raw_bytes_beside_token_ids():
+    """uint8 inputs (raw text as UTF-8 bytes, for models that tokenize for themselves) pass the data check, and the
+    kit's stand-in networks embed them for the loss check."""
+
+    class Bytes(TokenPlugin):
+        @kdlab.hookimpl
+        def kdlab_register_data(self, register):
+            def make(params, *, seed):
+                d = make_tokens(TokensParams(), seed=seed)
+                for split in d.splits().values():
+                    split.x["text"] = (split.x["input_ids"] + 96).to(torch.uint8)  # 'a', 'b', ... as bytes
+                return d
+
+            register("tokens", make)
+
+    comps = {c.kind + ":" + c.name: c for c in components_of(Bytes(), "test-bytes")}
+    data = check_data(comps["data:tokens"])
+    assert data.train.x["text"].dtype == torch.uint8
+    check_model(comps["student:tokennet"], data=data)  # a model that ignores the bytes
+    from kdlab.plugins import Plugins
+
+    losses = Plugins()
+    import kdlab_losses.plugin
+
+    losses.register(kdlab_losses.plugin, "kdlab-losses")
+    check_loss(losses.registry.get("loss", "kd"), data=data)
 
 
 def test_named_inputs_through_a_run_with_a_cached_teacher_and_a_transfer_split(tokens, write_config):

@@ -4,6 +4,7 @@ conformance kit checks streamed splits; named inputs stream too."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -198,6 +199,68 @@ def test_cifar_files_stream_through_the_loader_with_workers(tmp_path, write_conf
     folders = list((Path(kdlab.cache_dir("outputs"))).glob("*/meta.json"))
     assert len(folders) == 1 and {p.name for p in folders[0].parent.glob("*.bin")} == {
         "train.bin", "val.bin", "test.bin"}
+
+
+def test_damaged_streamed_outputs_are_removed_and_rebuilt_with_a_warning(image_root, write_config, capsys):
+    from kdlab.cli import main
+
+    cfg = _images_config(image_root, True)
+    first = run(load_config(write_config(cfg)), session=Session())
+    (folder,) = [p.parent for p in Path(kdlab.cache_dir("outputs")).glob("*/meta.json")]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"train", "val", "test"}  # each array's checksum, written last
+    capsys.readouterr()
+    assert main(["cache", "list", "--outputs"]) == 0
+    assert "outputs      1 entry" in capsys.readouterr().out
+    train = folder / "train.bin"
+    data = bytearray(train.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    train.write_bytes(bytes(data))
+    again = run(load_config(write_config(cfg)), session=Session())
+    err = capsys.readouterr().err
+    assert "the cached teacher outputs" in err and "train.bin does not match its checksum" in err
+    assert _metrics(again) == _metrics(first)  # rebuilt: the same outputs, the same student
+    (folder / "val.bin").write_bytes(b"")  # cut short
+    run(load_config(write_config(cfg)), session=Session())
+    assert "val.bin has 0 bytes" in capsys.readouterr().err
+    run(load_config(write_config(cfg)), session=Session())
+    assert "damaged" not in capsys.readouterr().err
+
+
+def test_a_streamed_teacher_with_the_wrong_number_of_logits_is_named_before_its_outputs_are_cached(image_root):
+    from kdlab.errors import PluginError
+    from kdlab.teachers.cache import teacher_outputs
+
+    data = _make("imagefolder", root=str(image_root), size=8, stream=True)
+    wrong = type("Teacher", (), {"fingerprint": "wrong-logits", "component": None,
+                                 "model": nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))})()
+    with pytest.raises(PluginError, match=r"teacher returned a float32 tensor of shape \(\d+, 5\) over the train "
+                                          r"split; expected logits of shape \(\d+, 3\)"):
+        teacher_outputs(wrong, data, torch.device("cpu"), 16)
+    assert not list(Path(kdlab.cache_dir("outputs")).iterdir())  # nothing cached
+
+
+def test_the_run_time_data_contract_reads_a_streamed_split_by_its_length_and_first_example():
+    from kdlab.contracts import check_data
+    from kdlab.errors import PluginError
+
+    class Broken:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise OSError("the disk went away")
+
+    y = torch.tensor([0, 1, 0, 1])
+    good = kdlab.Data(train=kdlab.Split(Rows([torch.zeros(4, 3)]), y), val=kdlab.Split(torch.zeros(4, 3), y),
+                      test=kdlab.Split(torch.zeros(4, 3), y), num_classes=2)
+    check_data(good, None)
+    bad = kdlab.Data(train=kdlab.Split(Broken(), y), val=good.val, test=good.test, num_classes=2)
+    with pytest.raises(PluginError, match="split 'train': reading example 0 raised OSError: the disk went away"):
+        check_data(bad, None)
+    other = kdlab.Data(train=kdlab.Split(Rows([torch.zeros(4, 5)]), y), val=good.val, test=good.test, num_classes=2)
+    with pytest.raises(PluginError, match="different shapes"):
+        check_data(other, None)
 
 
 # -- named inputs stream too ----------------------------------------------------------------------------------

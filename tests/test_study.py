@@ -238,7 +238,9 @@ class _NaN(kdlab.Loss):
         super().__init__()
 
     def forward(self, inputs):
-        total = inputs.student_logits.sum() * float("nan")
+        # finite on the first batch (a NaN there is a broken loss, checked apart: docs/faults.md), NaN after
+        self.calls = getattr(self, "calls", 0) + 1
+        total = inputs.student_logits.sum() * (float("nan") if self.calls > 1 else 0.0)
         return kdlab.LossOutput(total, {"nan": total})
 
 

@@ -86,6 +86,38 @@ def test_streamed_rows_replay_the_same_views_as_rows_in_memory():
         assert torch.equal(s.x, t.x) and torch.allclose(s.teacher_logits, t.teacher_logits, atol=2e-3)
 
 
+def test_damaged_views_are_removed_and_computed_again_with_a_warning(capsys):
+    import kdlab
+
+    teacher, (x, _) = _teacher(), _rows()
+    aug = Augment(CROP_FLIP, 10)
+
+    def views():
+        table = teacher_views(teacher, x, aug, key="damaged", count=2, topk=None, seed=5, num_classes=10,
+                              device=torch.device("cpu"), batch_size=16)
+        return {k: v.clone() for k, v in table.arrays.items()}
+
+    first = views()
+    logits = kdlab.cache_dir("views") / "damaged" / "logits.bin"
+    data = bytearray(logits.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    logits.write_bytes(bytes(data))
+    again = views()
+    assert "the cached teacher views" in capsys.readouterr().err
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_views_check_the_teachers_logits_before_caching_them():
+    import kdlab
+    from kdlab.errors import PluginError
+
+    wrong, (x, _) = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 7)), _rows()
+    with pytest.raises(PluginError, match=r"expected logits of shape \(16, 10\)"):
+        teacher_views(wrong, x, Augment(CROP_FLIP, 10), key="wrong", count=2, topk=None, seed=5, num_classes=10,
+                      device=torch.device("cpu"), batch_size=16)
+    assert not (kdlab.cache_dir("views") / "wrong").exists()
+
+
 def test_top_k_keeps_the_largest_logits_and_the_mass_of_the_rest():
     logits = torch.randn(6, 10) * 3
     stored = compact(logits, 4)

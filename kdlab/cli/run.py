@@ -62,12 +62,16 @@ def run(args: argparse.Namespace) -> int:
     from kdlab.console import make_console, metrics_table, show_messages
     from kdlab.modes import Session, run
     from kdlab.observers.progress import ProgressObserver
+    from kdlab.store_checks import check_home
 
+    check_home()
     console = make_console()
     progress = ProgressObserver(console, enabled=False if args.quiet else None)
+    session = Session(observers=[progress])
+    session.tracker(loaded)  # the tracking store is checked and opened now, before any work
     if progress.enabled:
         show_messages(console)
-    result = run(loaded, session=Session(observers=[progress]))
+    result = run(loaded, session=session)
     rows = [(k, result.metrics[k]) for k in names.SHOWN if k in result.metrics]
     if not args.quiet:
         cfg = loaded.config

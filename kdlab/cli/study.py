@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
         raise KdlabError("usage: kdlab study FILE  (or: kdlab study show FILE)")
     summary = run_study(target[0], options, console=console)
     render_summary(summary, console)
-    return 130 if summary.get("interrupted") else 0
+    return {"SIGTERM": 143, "SIGINT": 130}.get(summary.get("interrupted") or "", 0)
 
 
 def show(path: str, options) -> dict:
@@ -41,8 +41,13 @@ def show(path: str, options) -> dict:
     lstudy = load(path, options)
     url = storage_url(lstudy, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from kdlab import store_checks as stores
+
+    stores.check_storage_url(url)
+    with stores.opening(url, "Optuna storage"):
+        storage = make_storage(url)
     try:
-        study = optuna.load_study(study_name=lstudy.name, storage=make_storage(url))
+        study = optuna.load_study(study_name=lstudy.name, storage=storage)
     except KeyError:
         raise KdlabError(f"{path}: no study named {lstudy.name!r} in {url} yet; run `kdlab study {path}` "
                          "first") from None

@@ -98,6 +98,12 @@ def load_config(path_or_source: str | Path | Source, *, registry: Registry,
     if len(modes) > 1:
         problems.append(Problem(modes[1], f"one run mode per run: this file has {' and '.join(modes)}", modes,
                                 line=source.line_of((modes[1],))))
+    loss = components.get("loss")
+    if cfg.teacher is None and cfg.continual is None and cfg.born_again is None and loss is not None \
+            and _needs_teacher(loss):
+        problems.append(Problem("loss.name", f"loss {loss.name!r} distils from a teacher: add a `teacher:` section "
+                                "(or use a loss that needs none, such as ce)", loss.name,
+                                line=source.line_of(("loss", "name"))))
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both",
                                 cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))
@@ -142,6 +148,21 @@ def _resolve(section: str, kind: str, name: str, values: dict[str, Any], registr
                                          f"{', '.join(known) or 'none'}", prob.value, line=prob.line)
             problems.append(prob)
         return problems, comp, None
+
+
+def _needs_teacher(comp: Component) -> bool:
+    """Whether the loss component reads a teacher, as far as can be told without building it: a
+    :class:`kdlab.Loss` subclass registered as its own factory (or a factory annotated to return one) says so with
+    ``uses_teacher``; any other factory is asked when the run builds it."""
+    import inspect
+
+    cls = comp.factory
+    if not isinstance(cls, type):
+        try:
+            cls = inspect.signature(comp.factory, eval_str=True).return_annotation
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve tells nothing
+            return False
+    return isinstance(cls, type) and getattr(cls, "uses_teacher", None) is True
 
 
 def _from_overrides(problems: list[Problem], overrides: dict[str, Any] | None) -> list[Problem]:

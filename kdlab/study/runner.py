@@ -8,9 +8,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdlab import store_checks as stores
 from kdlab.config import load_config
-from kdlab.errors import ConfigError, Problem
+from kdlab.errors import ConfigError, Problem, Terminated
+from kdlab.paths import default_tracking_uri
 from kdlab.plugins import get_registry
+from kdlab.signals import stop_processes
 from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, load_study_config
 from kdlab.study.devices import plan_slots
@@ -112,16 +115,20 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     lstudy = load(path, options)
     s = lstudy.study
     url = storage_url(lstudy, options)
-    storage = make_storage(url)
-    study = create_or_resume(lstudy, storage)
+    cfg = lstudy.loaded.config.tracking
+    stores.check_home()  # both stores are checked before any work: seconds, one clear error
+    stores.check_storage_url(url)
+    stores.check_tracking_uri(cfg.uri or default_tracking_uri())
+    with stores.opening(url, "Optuna storage"):
+        storage = make_storage(url)
+        study = create_or_resume(lstudy, storage)
     stale = fail_stale_trials(study, storage) if is_local(url) else []
-    target = options.n_trials or s.n_trials
+    target = s.budget(options.n_trials)
     remaining = max(0, target - finished_count(study))
     console = console or make_console()
     display = ProgressObserver(console, enabled=False if options.quiet else None)
     handler = show_messages(console) if display.enabled else None
     session = Session(observers=[display])
-    cfg = lstudy.loaded.config.tracking
     # the study itself is always recorded (its parent run), also when its runs are not (tracking.enabled: false)
     tracker = session.tracker(lstudy.loaded) or Tracker(cfg.uri, cfg.experiment)
     parent = open_parent_run(study, lstudy, tracker)
@@ -132,7 +139,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     log = logging.getLogger("kdlab")
     if stale:
         log.info("resuming %s: trials %s were interrupted and are marked failed", lstudy.name, stale)
-    status, workers_started = "FINISHED", None
+    status, workers_started, interrupted = "FINISHED", None, None
     try:
         import torch
 
@@ -158,8 +165,9 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
             parent.set_tags({"kdlab.worker_start": workers_started})
             _run_processes(specs, progress, workers_started, session if workers_started == "fork" else None,
                            before_fork=lambda: [release_connections(t) for t in trackers])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
+        interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         log.info("interrupted: run the same command again to resume the study")
     except BaseException:
         status = "FAILED"
@@ -171,7 +179,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
             if handler is not None:
                 log.removeHandler(handler)
     summary = summarize(study)
-    summary["interrupted"] = status == "KILLED"
+    summary["interrupted"] = interrupted or False  # "SIGINT" or "SIGTERM"
     summary["worker_start"] = workers_started
     return summary
 
@@ -232,13 +240,9 @@ def _run_processes(specs: list[WorkerSpec], progress, method: str = "spawn", ses
                     p.join(timeout=1.0 / len(procs))
                 progress.update()
     except KeyboardInterrupt:
-        # the workers got the same SIGINT: give them time to record their trials as failed, then stop them
-        deadline = time.time() + 20
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.time()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+        # Ctrl-C reached the workers too, SIGTERM only this process: either way each worker records its trial as
+        # interrupted before it stops (a second signal is ignored), and is killed after 20 s
+        stop_processes(procs)
         raise
     bad = [p for p in procs if p.exitcode not in (0, None)]
     if bad:

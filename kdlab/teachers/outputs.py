@@ -71,7 +71,8 @@ def views_for_run(loaded: LoadedConfig, teacher: Any, data: Data, device: torch.
         session.views[skey] = teacher_views(
             teacher.model, x, aug, key=key, count=cfg.teacher.views, topk=cfg.teacher.topk, seed=cfg.data.seed,
             num_classes=data.num_classes, device=device, batch_size=cfg.training.eval_batch_size,
-            loader=cfg.data.loader, precision=cfg.training.precision, channels_last_=cfg.training.channels_last)
+            loader=cfg.data.loader, precision=cfg.training.precision, channels_last_=cfg.training.channels_last,
+            component=getattr(teacher, "component", None))
     return session.views[skey]
 
 

@@ -11,6 +11,7 @@ import torch
 from kdlab import __version__, batch
 from kdlab.augment import Augment
 from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.contracts import Part, watch
 from kdlab.costs import LATENCY_BATCH, model_costs
 from kdlab.exporting import export_problem
 from kdlab.functional import masked_cross_entropy
@@ -18,6 +19,7 @@ from kdlab.lifecycle import tracked_run
 from kdlab.loading import Rows, head
 from kdlab.models import apply_init, build_model
 from kdlab.provenance import dataset_record, log_dataset, source_tags, teacher_description
+from kdlab.rescue import Unrecorded
 from kdlab.session import Session, data_fingerprint
 from kdlab.teachers.cache import store_teacher, teacher_cache_dir
 from kdlab.tracking import NOTE
@@ -46,8 +48,8 @@ def teacher_params(loaded: LoadedConfig) -> dict[str, Any]:
 
 def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, fp: str, *,
                   track: bool) -> tuple[torch.nn.Module, str | None, dict[str, float]]:
-    """Train the configured teacher; cache its weights under ``fp``. Returns the model, its MLflow run id (or
-    ``None``) and its metrics.
+    """Train the configured teacher; cache its weights under ``fp`` once its run is recorded. Returns the model, its
+    MLflow run id (or ``None``) and its metrics.
 
     The teacher is trained under ``data.augment`` (unless ``teacher.training.augment`` is false; its deterministic
     ops always apply), with the run's speed switches (``training.precision``, ``channels_last``) and loader."""
@@ -66,7 +68,8 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     if augment is not None:
         augment.check(head(data.train.x, 2))
     evaluation = {"augment": augment, "loader": loaded.config.data.loader, "channels_last": run.channels_last}
-    init_metrics = apply_init(cfg.init, model, "teacher")
+    init_metrics = apply_init(cfg.init, model, "teacher", loaded.config.tracking.uri)
+    ce = _LabelsOnly().to(device)
     info = RunInfo(role="teacher", config=loaded.config, device=str(device), name=f"teacher-{cfg.name}-{fp[:8]}",
                    epochs=tcfg.epochs)
     tracker = session.tracker(loaded) if track else None
@@ -75,8 +78,10 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
     if problem:
         log.warning("teacher %s cannot be exported with torch.export (%s); it will be logged in MLflow's pickle "
                     "format instead of pt2", cfg.name, problem)
-    with tracked_run(info, tracker=tracker, tags=teacher_tags(loaded, fp), params=teacher_run_params(loaded),
-                     observers=session.observers, flush_every_s=loaded.config.tracking.flush_every_s) as live:
+    keep = Unrecorded(info.name, teacher_params(loaded))
+    with keep, tracked_run(info, tracker=tracker, tags=teacher_tags(loaded, fp), params=teacher_run_params(loaded),
+                           observers=session.observers, flush_every_s=loaded.config.tracking.flush_every_s) as live:
+        keep.watch(live, model)
         if live.tracked:
             dataset = dataset_record(loaded, data, data_fingerprint(loaded))
             log_dataset(live.tracked, dataset)
@@ -85,12 +90,13 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
             train = TrainSet(Rows([data.train.x]), data.train.y)
         else:
             train = TrainSet(batch.to(data.train.x, device), data.train.y.to(device))
-        result = fit(model, _LabelsOnly().to(device), train, data.val.to(device), optimizer=tcfg.optimizer,
-                     epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                     keep_best=run.keep_best, eval_batch_size=run.eval_batch_size, on_epoch=live.epoch,
-                     precision=run.precision, **evaluation)
-        test_logits = predict_split(model, data.test.x, device, run.eval_batch_size, **evaluation)
-        val_logits = predict_split(model, data.val.x, device, run.eval_batch_size, **evaluation)
+        with watch([Part(model, "teacher", comp), Part(ce, "loss")], data.num_classes):
+            result = fit(model, ce, train, data.val.to(device), optimizer=tcfg.optimizer, epochs=tcfg.epochs,
+                         batch_size=tcfg.batch_size, seed=tcfg.seed, device=device, keep_best=run.keep_best,
+                         eval_batch_size=run.eval_batch_size, on_epoch=live.epoch, precision=run.precision,
+                         **evaluation)
+            test_logits = predict_split(model, data.test.x, device, run.eval_batch_size, **evaluation)
+            val_logits = predict_split(model, data.val.x, device, run.eval_batch_size, **evaluation)
         metrics = {
             "teacher_test_accuracy": accuracy_of(test_logits, data.test.y.to(device)),
             "teacher_val_accuracy": accuracy_of(val_logits, data.val.y.to(device)),
@@ -108,13 +114,15 @@ def train_teacher(loaded: LoadedConfig, data: Data, device: torch.device, sessio
         tracked = live.tracked
         meta = {"run_id": info.run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
                 "tracking_uri": tracked.tracker.uri if tracked else None}
-        path = store_teacher(fp, model, meta)
         if tracked:
             tracked.log_text(dump_yaml(teacher_params(loaded)), "config.yaml")
-            tracked.log_artifact(path, "teacher")
+            tracked.log_state_dict(model, "teacher")
             if log_model:
                 live.model_id = tracked.log_model_or_warn(model, "teacher", head(data.train.x, 8),
                                                           export_problem=problem)
+    # cached only now that its run has ended FINISHED: a teacher whose record failed is never reused, and no
+    # student links to a FAILED teacher run
+    store_teacher(fp, model, meta)
     return model, info.run_id, metrics
 
 
@@ -137,8 +145,10 @@ def record_cached_teacher(loaded: LoadedConfig, session: Session, fp: str, meta:
     if tracker is None:
         return None
     run_id = meta.get("run_id")
-    if run_id and meta.get("tracking_uri") in (None, tracker.uri) and tracker.run_info(run_id) is not None:
-        return run_id
+    if run_id and meta.get("tracking_uri") in (None, tracker.uri):
+        found = tracker.run_info(run_id)
+        if found is not None and found.info.status == "FINISHED":
+            return run_id
     cfg = loaded.config.teacher
     tracked = tracker.start(f"teacher-{cfg.name}-{fp[:8]}", tags=teacher_tags(
         loaded, fp, **{"kdlab.teacher_source": "cache", **({"kdlab.original_run_id": run_id} if run_id else {})}))

@@ -6,7 +6,8 @@ exactly the logits the teacher gave that view.
 The views are augmented with ``data.seed`` (fixed across a study's trials), so every trial and every worker
 process of a study reads the same files: the teacher's cost is paid once. The folder is
 ``$KDLAB_CACHE_DIR/views/<fingerprint>/`` (:mod:`kdlab.arrays`), named by the teacher, the data and its
-augmentation, K, top-k and the rows."""
+augmentation, K, top-k and the rows; like the outputs cache, each array's checksum is kept beside it and a damaged
+folder is removed with a warning and computed again."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import torch
 
 from kdlab import batch, paths
 from kdlab.arrays import ArrayWriter, open_arrays
+from kdlab.arrays import problem as arrays_problem
 from kdlab.augment import Augment
 from kdlab.config import LoaderConfig
+from kdlab.contracts import Part, check_logits, forward_of, rows_of, who
 from kdlab.files import digest
 from kdlab.loading import Loader, Rows, ViewTable, channels_last, streamed
 from kdlab.session import CACHE_VERSION
+from kdlab.teachers.cache import _damaged
 from kdlab.training import autocast_for
 
 
@@ -46,12 +50,15 @@ def compact(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
 def teacher_views(teacher: torch.nn.Module, x: Any, augment: Augment, *, key: str, count: int, topk: int | None,
                   seed: int, num_classes: int, device: torch.device, batch_size: int = 512,
                   loader: LoaderConfig | None = None, precision: str = "fp32",
-                  channels_last_: bool = False) -> ViewTable:
+                  channels_last_: bool = False, component: Any = None) -> ViewTable:
     """The :class:`ViewTable` of ``teacher`` over the training rows ``x`` (tensors or streamed rows): read from
     the cache folder ``key``, or computed now (view by view, the rows in order, each augmented with ``seed``, the
     row's index and the view number, exactly as training replays it) and stored."""
     folder = paths.cache_dir("views") / key
     n = len(x) if streamed(x) else batch.rows(x)
+    damage = arrays_problem(folder)
+    if damage is not None:
+        _damaged("teacher views", folder, damage)
     arrays = open_arrays(folder)
     if arrays is None:
         k = topk if topk is not None and topk < num_classes else None
@@ -60,15 +67,18 @@ def teacher_views(teacher: torch.nn.Module, x: Any, augment: Augment, *, key: st
                    "fill": ((n, count), "float16")})
         writer = ArrayWriter(folder, shapes, {"views": count, "topk": k, "seed": seed, "rows": n})
         autocast = autocast_for(precision, device)
+        name_of = who("teacher", component)
         try:
-            for view in range(count):
-                for index, xb in _view_batches(x, n, augment, view, seed, batch_size, device, loader):
-                    if channels_last_:
-                        xb = channels_last(xb)
-                    with torch.inference_mode(), autocast:
-                        logits = batch.forward(teacher, xb).float()
-                    for name, value in compact(logits, k).items():
-                        writer.write(name, (index, view), value)
+            with forward_of(Part(teacher, "teacher", component)):
+                for view in range(count):
+                    for index, xb in _view_batches(x, n, augment, view, seed, batch_size, device, loader):
+                        if channels_last_:
+                            xb = channels_last(xb)
+                        with torch.inference_mode(), autocast:
+                            logits = batch.forward(teacher, xb)
+                        check_logits(logits, rows_of(xb), num_classes, name_of, f"over augmented view {view}")
+                        for name, value in compact(logits.float(), k).items():
+                            writer.write(name, (index, view), value)
         except BaseException:
             writer.abort()
             raise
