@@ -13,22 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab import __version__, batch
+from kdlab import batch
 from kdlab.augment import Augment
-from kdlab.config import LoadedConfig, dump_yaml, flatten
+from kdlab.config import LoadedConfig, dump_yaml
 from kdlab.contracts import Part, watch
 from kdlab.costs import LATENCY_BATCH, compression, model_costs
 from kdlab.errors import KdlabError, PluginError
-from kdlab.exporting import export_problem
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.loading import Concat, Rows, Views, eval_batches, head
 from kdlab.models import apply_init, build_model, model_builder
-from kdlab.provenance import dataset_record, log_dataset, run_description, source_tags
+from kdlab.provenance import dataset_record, log_dataset
 from kdlab.rescue import Unrecorded
+from kdlab.run_record import REGISTERED, export_check, register, run_params, run_tags
 from kdlab.session import Session, data_fingerprint
 from kdlab.teachers import Teacher, get_teacher, teacher_builder
 from kdlab.teachers.outputs import outputs_for_run, run_augment, views_for_run
-from kdlab.tracking import NOTE
 from kdlab.training import (
     FitResult,
     TrainSet,
@@ -128,7 +127,7 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     tracker = session.tracker(loaded) if track else None
     log_model = bool(tracker) and (cfg.tracking.log_model if options.log_model is None else options.log_model)
     # checked before training, so that a model torch.export cannot export is logged another way, not lost
-    export_problem = _export_check(student, head(train.x, 8), cfg.student.name) if log_model else None
+    export_problem = export_check(student, head(train.x, 8), cfg.student.name) if log_model else None
     params = {**run_params(loaded), **options.params}
     keep = Unrecorded(name, cfg.resolved_dict())
     with keep, tracked_run(info, tracker=tracker, tags=run_tags(loaded, options, teacher, session, params),
@@ -162,36 +161,6 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
         register(tracker, cfg.tracking, live.model_id, info.run_id, f"run {name} ({loaded.name})",
                  {"kdlab.config_file": loaded.name, **{f"metric.{k}": metrics[k] for k in REGISTERED if k in metrics}})
     return RunResult(metrics, info.run_id, student, result, teacher)
-
-
-#: the final metrics copied onto a registered model version as tags (``metric.<name>``)
-REGISTERED = ("val_accuracy", "test_accuracy", "agreement", "student_params", "student_flops", "compression_ratio",
-              "flops_compression_ratio", "student_latency_ms")
-
-
-def register(tracker, tracking, model_id: str, run_id: str | None, what: str, tags: dict[str, Any]) -> None:
-    """Register ``model_id`` as ``tracking.register_model`` with alias ``tracking.register_alias``; a failure is a
-    warning (the run and its logged model stand)."""
-    import logging
-
-    try:
-        version = tracker.register_model(tracking.register_model, model_id, alias=tracking.register_alias,
-                                         run_id=run_id, tags=tags, description=f"The student of {what}.")
-        logging.getLogger("kdlab").info("registered %s version %s (alias %s)", tracking.register_model, version,
-                                        tracking.register_alias)
-    except Exception as exc:  # noqa: BLE001
-        logging.getLogger("kdlab").warning("model not registered as %r: %s: %s", tracking.register_model,
-                                           type(exc).__name__, exc)
-
-
-def _export_check(model: nn.Module, example: torch.Tensor, name: str) -> str | None:
-    import logging
-
-    problem = export_problem(model, example)
-    if problem:
-        logging.getLogger("kdlab").warning("%s cannot be exported with torch.export (%s); it will be logged in "
-                                           "MLflow's pickle format instead of pt2", name, problem)
-    return problem
 
 
 def best_epoch_metrics(result: FitResult) -> dict[str, float]:
@@ -231,48 +200,6 @@ def evaluate(student: nn.Module, teacher: Teacher | None, data: Data, outputs: d
         })
         m.update(compression(m, m))
     return m
-
-
-def run_tags(loaded: LoadedConfig, options: RunOptions, teacher: Teacher | None, session: Session,
-             params: dict[str, Any] | None = None) -> dict[str, str]:
-    """A student run's MLflow tags: role, version, seed, loss, config file and its git commit, plugins, teacher
-    link, trial, and its description (one line: student, teacher, loss, searched params)."""
-    cfg = loaded.config
-    tags = {"kdlab.role": options.role, "kdlab.version": __version__, "kdlab.seed": str(cfg.training.seed),
-            "kdlab.loss": cfg.loss.name, "kdlab.config_file": loaded.name, **source_tags(loaded)}
-    for kind, comp in loaded.components.items():
-        tags[f"kdlab.plugin.{kind}"] = f"{comp.plugin} {comp.distribution or ''} {comp.version or ''}".strip()
-    tracker = session.tracker(loaded)
-    teacher_link = None
-    if teacher is not None:
-        tags["kdlab.teacher_fingerprint"] = teacher.fingerprint
-        tags["kdlab.teacher_source"] = teacher.source
-        if teacher.warning:
-            tags["kdlab.teacher_warning"] = teacher.warning[:5000]
-        if teacher.run_id:
-            tags["kdlab.teacher_run_id"] = teacher.run_id
-            if tracker is not None:
-                teacher_link = tracker.run_url(teacher.run_id)
-    if options.trial_number is not None:
-        tags["kdlab.trial_number"] = str(options.trial_number)
-    study = options.tags.get("kdlab.study")
-    study_link = tracker.run_url(options.parent_run_id) if tracker is not None and options.parent_run_id else None
-    tags[NOTE] = run_description(loaded, options.role, flat=params if params is not None else run_params(loaded),
-                                 teacher_link=teacher_link, study=study, study_link=study_link,
-                                 trial_number=options.trial_number)
-    if tracker is not None and options.role == "student":
-        tracker.describe_experiment(f"kdlab runs on `{cfg.data.name}`: one run per `kdlab run`, each linked to its "
-                                    "teacher's run (tag `kdlab.teacher_run_id`).")
-    tags.update(options.tags)
-    return tags
-
-
-def run_params(loaded: LoadedConfig) -> dict[str, Any]:
-    """A run's MLflow params: its config flattened to the YAML's dotted keys (without study and tracking, and
-    without the keys the config leaves unset)."""
-    skip = ("study", "compare", "tracking")
-    flat = flatten({k: v for k, v in loaded.config.resolved_dict().items() if k not in skip})
-    return {k: v for k, v in flat.items() if v is not None}
 
 
 def _check_augment(augment: Augment, loss: Loss, loss_name: str, data: Data) -> None:

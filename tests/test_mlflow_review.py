@@ -227,10 +227,10 @@ def test_a_pruned_run_says_so_in_its_description(write_config, kdlab_home):
 
 
 def test_costs_and_the_export_fallback(write_config, kdlab_home, monkeypatch):
-    import kdlab.distill as distill
+    import kdlab.run_record as run_record
 
     # a student torch.export refuses (as found before training) is logged in MLflow's pickle format
-    monkeypatch.setattr(distill, "export_problem", lambda model, x: "Unsupported: data-dependent control flow")
+    monkeypatch.setattr(run_record, "export_problem", lambda model, x: "Unsupported: data-dependent control flow")
     result = _one_run(write_config, **{"tracking.log_model": True, "training.epochs": 1,
                                        "teacher.training.epochs": 1, "tracking.register_model": "tiny"})
     m = result.metrics
