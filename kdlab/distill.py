@@ -6,8 +6,9 @@ in :mod:`kdlab.modes`; a study calls :func:`kdlab.modes.run` once per trial with
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from kdlab.config import LoadedConfig, dump_yaml
 from kdlab.contracts import Part, watch
 from kdlab.costs import LATENCY_BATCH, compression, model_costs
 from kdlab.errors import KdlabError, PluginError
-from kdlab.lifecycle import RunOptions, tracked_run
+from kdlab.lifecycle import LiveRun, RunOptions, tracked_run
 from kdlab.loading import Concat, Rows, Views, eval_batches, head
 from kdlab.models import apply_init, build_model, model_builder
 from kdlab.provenance import dataset_record, log_dataset
@@ -60,8 +61,40 @@ def build_loss(loaded: LoadedConfig) -> Loss:
     return loss
 
 
-def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None) -> RunResult:
-    """Distil the configured teacher into the configured student with the configured loss; track it."""
+@dataclass
+class Prepared:
+    """A student run made ready to train: everything :func:`distil` builds before the first step (data, teacher and
+    its outputs, the seeded student, the loss after its setup, the shared training rows) and what its MLflow run will
+    record. A stacked study (:mod:`kdlab.study.stacked`) prepares each member as a lone run would, then trains the
+    members together."""
+
+    loaded: LoadedConfig
+    options: RunOptions
+    session: Session
+    device: torch.device
+    data: Data
+    loss: Loss
+    teacher: Teacher | None
+    outputs: dict[str, torch.Tensor] | None
+    augment: Augment | None
+    views: Views | None
+    student: nn.Module
+    train: TrainSet
+    parts: list[Part]
+    info: RunInfo
+    tracker: Any
+    log_model: bool
+    export_problem: str | None
+    params: dict[str, Any]
+    extra_metrics: dict[str, float]
+
+    @property
+    def cfg(self):
+        return self.loaded.config
+
+
+def prepare(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None) -> Prepared:
+    """Everything a student run builds before training (see :class:`Prepared`); nothing is recorded yet."""
     options = options or RunOptions()
     session = session or Session()
     cfg = loaded.config
@@ -119,7 +152,6 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
             build_teacher=teacher_builder(loaded, data, device, session, track=track), num_examples=len(train),
         ))
     loss.to(device)
-    fit_model = torch.compile(student) if tcfg.compile else student
 
     name = options.run_name or cfg.tracking.run_name or f"{cfg.student.name}-{cfg.loss.name}-seed{tcfg.seed}"
     info = RunInfo(role=options.role, config=cfg, device=str(device), trial_number=options.trial_number, name=name,
@@ -128,39 +160,74 @@ def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Ses
     log_model = bool(tracker) and (cfg.tracking.log_model if options.log_model is None else options.log_model)
     # checked before training, so that a model torch.export cannot export is logged another way, not lost
     export_problem = export_check(student, head(train.x, 8), cfg.student.name) if log_model else None
-    params = {**run_params(loaded), **options.params}
-    keep = Unrecorded(name, cfg.resolved_dict())
-    with keep, tracked_run(info, tracker=tracker, tags=run_tags(loaded, options, teacher, session, params),
-                           params=params, parent_run_id=options.parent_run_id,
-                           observers=[*session.observers, *options.observers],
-                           flush_every_s=cfg.tracking.flush_every_s) as live:
-        keep.watch(live, student)
+    return Prepared(loaded, options, session, device, data, loss, teacher, outputs, augment, views, student, train,
+                    parts, info, tracker, log_model, export_problem, {**run_params(loaded), **options.params},
+                    extra_metrics)
+
+
+@contextlib.contextmanager
+def opened(prep: Prepared) -> Iterator[LiveRun]:
+    """The prepared run's tracked lifecycle (:func:`kdlab.lifecycle.tracked_run`, under :class:`Unrecorded`, with its
+    dataset logged): what the run's training and :func:`finish` happen inside."""
+    loaded, options = prep.loaded, prep.options
+    keep = Unrecorded(prep.info.name, loaded.config.resolved_dict())
+    tags = run_tags(loaded, options, prep.teacher, prep.session, prep.params)
+    with keep, tracked_run(prep.info, tracker=prep.tracker, tags=tags, params=prep.params,
+                           parent_run_id=options.parent_run_id,
+                           observers=[*prep.session.observers, *options.observers],
+                           flush_every_s=loaded.config.tracking.flush_every_s) as live:
+        keep.watch(live, prep.student)
         if live.tracked:
-            dataset = dataset_record(loaded, data, data_fingerprint(loaded))
+            dataset = dataset_record(loaded, prep.data, data_fingerprint(loaded))
             log_dataset(live.tracked, dataset)
             live.dataset = dataset.key
-        with watch(parts, data.num_classes, check_first_call=not tcfg.compile):  # the first batch's contracts
-            result = fit(fit_model, loss, train, data.val.to(device), optimizer=cfg.optimizer, epochs=tcfg.epochs,
-                         batch_size=tcfg.batch_size, seed=tcfg.seed, device=device,
-                         teacher=teacher.model if teacher else None, keep_best=tcfg.keep_best,
+        yield live
+
+
+def finish(prep: Prepared, live: LiveRun, result: FitResult) -> dict[str, float]:
+    """The trained student's final metrics (evaluated, recorded at the run's last epoch) and its artifacts."""
+    cfg, tcfg = prep.cfg, prep.cfg.training
+    metrics = evaluate(prep.student, prep.teacher, prep.data, prep.outputs, prep.device, tcfg.eval_batch_size,
+                       augment=prep.augment, loader=cfg.data.loader, channels_last=tcfg.channels_last)
+    metrics.update(prep.extra_metrics)
+    metrics.update(best_epoch_metrics(result))
+    metrics["train_time_s"] = result.train_time_s
+    live.finish(metrics, step=result.epochs_run)  # recorded even if an artifact below fails
+    if live.tracked:
+        live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
+        live.tracked.log_state_dict(prep.student, "student")
+        if prep.log_model:
+            live.model_id = live.tracked.log_model_or_warn(prep.student, "student", head(prep.data.train.x, 8),
+                                                           export_problem=prep.export_problem)
+    return metrics
+
+
+def registered(prep: Prepared, live: LiveRun, metrics: dict[str, float]) -> None:
+    """Register the run's logged student where ``tracking.register_model`` asks for it (after the run ended)."""
+    cfg = prep.cfg
+    if live.model_id and cfg.tracking.register_model and prep.options.role == "student":
+        register(prep.tracker, cfg.tracking, live.model_id, prep.info.run_id,
+                 f"run {prep.info.name} ({prep.loaded.name})",
+                 {"kdlab.config_file": prep.loaded.name, **{f"metric.{k}": metrics[k] for k in REGISTERED
+                                                             if k in metrics}})
+
+
+def distil(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None) -> RunResult:
+    """Distil the configured teacher into the configured student with the configured loss; track it."""
+    prep = prepare(loaded, options, session)
+    cfg, tcfg = prep.cfg, prep.cfg.training
+    fit_model = torch.compile(prep.student) if tcfg.compile else prep.student
+    with opened(prep) as live:
+        with watch(prep.parts, prep.data.num_classes, check_first_call=not tcfg.compile):  # first batch's contracts
+            result = fit(fit_model, prep.loss, prep.train, prep.data.val.to(prep.device), optimizer=cfg.optimizer,
+                         epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=tcfg.seed, device=prep.device,
+                         teacher=prep.teacher.model if prep.teacher else None, keep_best=tcfg.keep_best,
                          precision=tcfg.precision, eval_batch_size=tcfg.eval_batch_size, on_epoch=live.epoch,
-                         augment=augment, views=views, loader=cfg.data.loader, channels_last=tcfg.channels_last)
-            metrics = evaluate(student, teacher, data, outputs, device, tcfg.eval_batch_size, augment=augment,
-                               loader=cfg.data.loader, channels_last=tcfg.channels_last)
-        metrics.update(extra_metrics)
-        metrics.update(best_epoch_metrics(result))
-        metrics["train_time_s"] = result.train_time_s
-        live.finish(metrics, step=result.epochs_run)  # recorded even if an artifact below fails
-        if live.tracked:
-            live.tracked.log_text(dump_yaml(cfg.resolved_dict()), "config.yaml")
-            live.tracked.log_state_dict(student, "student")
-            if log_model:
-                live.model_id = live.tracked.log_model_or_warn(student, "student", head(data.train.x, 8),
-                                                               export_problem=export_problem)
-    if live.model_id and cfg.tracking.register_model and options.role == "student":
-        register(tracker, cfg.tracking, live.model_id, info.run_id, f"run {name} ({loaded.name})",
-                 {"kdlab.config_file": loaded.name, **{f"metric.{k}": metrics[k] for k in REGISTERED if k in metrics}})
-    return RunResult(metrics, info.run_id, student, result, teacher)
+                         augment=prep.augment, views=prep.views, loader=cfg.data.loader,
+                         channels_last=tcfg.channels_last)
+            metrics = finish(prep, live, result)
+    registered(prep, live, metrics)
+    return RunResult(metrics, prep.info.run_id, prep.student, result, prep.teacher)
 
 
 def best_epoch_metrics(result: FitResult) -> dict[str, float]:
