@@ -22,6 +22,10 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set loss.params.temperature=2 (repeatable)")
 
 
+def _stack(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -89,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=_positive_int, help="trial budget (default: study.n_trials)")
     p.add_argument("--timeout", type=_positive_seconds, help="stop starting trials after this many seconds")
     p.add_argument("--workers", type=_positive_int, help="worker processes (default: study.workers)")
+    p.add_argument("--stack", type=_stack, help="trials each worker trains together as one batched model: a number "
+                                               "or auto (default: study.stack)")
     p.add_argument("--storage", help="Optuna storage URL (default: study.storage or a journal file under $KDLAB_HOME)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
     p.add_argument("-q", "--quiet", action="store_true", help="no live display")

@@ -16,7 +16,7 @@ def main(args: argparse.Namespace) -> int:
     target = args.target
     overrides = dict(parse_override(o) for o in args.overrides)
     options = StudyOptions(overrides=overrides, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
-                           storage=args.storage, tracking_uri=args.tracking_uri, quiet=args.quiet)
+                           stack=args.stack, storage=args.storage, tracking_uri=args.tracking_uri, quiet=args.quiet)
     console = make_console()
     if target[0] == "show":
         if len(target) != 2:

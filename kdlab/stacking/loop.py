@@ -137,7 +137,7 @@ class _Stack:
                 continue
             metrics = {"train_loss": train_loss}
             metrics.update({f"train_{name}": v / self.n for name, v in zip(self._term_names, row[1:-2])})
-            metrics["val_accuracy"], metrics["val_loss"] = row[-2], row[-1]
+            metrics["val_accuracy"], metrics["val_loss"] = row[-2] / len(self.val), row[-1]
             metrics["lr"] = slot.schedule.lr_after[slot.epoch]
             metrics["epoch_time_s"] = share
             slot.history.append(metrics)
@@ -303,7 +303,7 @@ class _Stack:
             base.train(was)
         logits = torch.cat(outs, 1)  # (K, N, C)
         y = self.val.y
-        acc = (logits.argmax(2) == y).float().mean(1)
+        acc = (logits.argmax(2) == y).sum(1)  # counts: the accuracy is divided exactly on the host, as fit does
         K, N, C = logits.shape
         vloss = F.cross_entropy(logits.reshape(K * N, C), y.repeat(K), reduction="none").view(K, N).mean(1)
         return acc, vloss

@@ -7,6 +7,7 @@ RUN_ID = "mlflow_run_id"  # its MLflow run
 FAIL = "fail_reason"  # why it was pruned or failed
 DEVICE = "device"  # the device it trained on
 WORKER = "worker"  # the index of the worker process that ran it
+STACK = "stack"  # the stack it trained in (worker.stack number), or "alone: <why>" when it could not stack
 #: the fail reason of a trial whose process was interrupted (it does not count against the budget)
 INTERRUPTED = "interrupted"
 

@@ -16,6 +16,7 @@ from kdlab.metrics import OBJECTIVES
 #: the largest trial budget and number of worker processes a study file may ask for
 MAX_TRIALS = 1_000_000
 MAX_WORKERS = 1024
+MAX_STACK = 4096
 
 
 class _Strict(Strict):
@@ -136,6 +137,9 @@ class StudyConfig(_Strict):
     devices: Literal["auto", "cpu"] | Annotated[list[str], Field(min_length=1)] = "auto"
     workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = Field(
         "auto", description="worker processes; auto: one per GPU, or one per CPU core")
+    stack: Annotated[Int, Field(ge=1, le=MAX_STACK)] | Literal["auto"] = Field(
+        1, description="trials each worker trains together as one batched model (docs/studies.md, stacked trials); "
+                       "auto: 16 on a CPU for small students, as many as fit on a GPU; 1: one at a time")
     start_method: Literal["auto", "spawn"] = Field(
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")

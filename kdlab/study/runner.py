@@ -31,6 +31,7 @@ class StudyOptions:
     n_trials: int | None = None
     timeout: float | None = None
     workers: int | None = None
+    stack: int | str | None = None  # --stack: overrides study.stack
     storage: str | None = None
     tracking_uri: str | None = None
     quiet: bool = False
@@ -154,7 +155,8 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
         specs = [WorkerSpec(config_path=path, overrides=lstudy.overrides, study_name=lstudy.name, storage_url=url,
                             tracking_uri=tracker.uri, experiment=tracker.experiment_name, parent_run_id=parent.run_id,
                             device=slot.device, threads=slot.threads, index=slot.index, deadline=deadline,
-                            budget=remaining, plugin_env=env) for slot in slots[:n_workers]]
+                            budget=remaining, workers=n_workers, stack=options.stack or s.stack,
+                            plugin_env=env) for slot in slots[:n_workers]]
         if n_workers == 1:
             workers_started = "in-process"
             with progress:

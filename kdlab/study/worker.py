@@ -33,6 +33,8 @@ class WorkerSpec:
     index: int
     deadline: float | None = None  # time.time() after which no trial starts
     budget: int = 0
+    workers: int = 1  # worker processes of this run of the study (stack: auto shares the budget between them)
+    stack: int | str = 1  # study.stack: trials trained together as one batched model (1: one at a time)
     plugin_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,34 +50,15 @@ class Objective:
     def __call__(self, trial) -> float | tuple[float, ...]:
         import optuna
 
-        from kdlab.config import load_config
         from kdlab.errors import Pruned
-        from kdlab.lifecycle import RunOptions
         from kdlab.modes import run
-        from kdlab.plugins import get_plugins
-        from kdlab.study.config import sample, trial_overrides
-        from kdlab.study.pruning import TrialObserver
 
-        trial.set_user_attr(attrs.DEVICE, self.spec.device)
-        trial.set_user_attr(attrs.WORKER, self.spec.index)
-        first = self.objectives[0]
-        prunable = len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss")
-        observer = TrialObserver(trial, first.metric if prunable else None)
+        observer = self.begin(trial)
         state, metrics, chosen = "FAIL", {}, {}
         try:
-            chosen = sample(self.lstudy, trial)
-            loaded = load_config(self.lstudy.loaded.source, registry=self.lstudy.loaded.registry,
-                                 overrides={**self.spec.overrides, **trial_overrides(self.lstudy, chosen)})
-            options = RunOptions(
-                role="trial", parent_run_id=self.spec.parent_run_id, run_name=f"trial-{trial.number}",
-                trial_number=trial.number, device=self.spec.device, observers=[observer], log_model=False,
-                tags={"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING"},
-                params={"trial_number": trial.number},
-            )
-            metrics = run(loaded, options, self.session).metrics
-            values = [metrics[o.metric] for o in self.objectives]
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"objective is not finite: {values}")
+            chosen, loaded = self.configure(trial)
+            metrics = run(loaded, self.options(trial, observer), self.session).metrics
+            values = self.values(metrics)
             state = "COMPLETE"
             trial.set_user_attr(attrs.METRICS, metrics)
             return values[0] if len(values) == 1 else tuple(values)
@@ -92,9 +75,56 @@ class Objective:
                 _free_cuda()
             raise
         finally:
-            self._record(trial, observer.run_id, state)
-            get_plugins().hook.kdlab_trial_end(study=self.spec.study_name, trial_number=trial.number, state=state,
-                                               params=chosen, metrics=metrics)
+            self.conclude(trial, observer.run_id, state, chosen, metrics)
+
+    # the steps of a trial, shared with stacked trials (kdlab.study.stacked)
+
+    def begin(self, trial):
+        """Mark the trial with its device and worker; the observer that will watch its run."""
+        from kdlab.study.pruning import TrialObserver
+
+        trial.set_user_attr(attrs.DEVICE, self.spec.device)
+        trial.set_user_attr(attrs.WORKER, self.spec.index)
+        first = self.objectives[0]
+        prunable = len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss")
+        return TrialObserver(trial, first.metric if prunable else None)
+
+    def configure(self, trial):
+        """Sample the trial's params; its config with them applied: ``(chosen, loaded)``."""
+        from kdlab.config import load_config
+        from kdlab.study.config import sample, trial_overrides
+
+        chosen = sample(self.lstudy, trial)
+        loaded = load_config(self.lstudy.loaded.source, registry=self.lstudy.loaded.registry,
+                             overrides={**self.spec.overrides, **trial_overrides(self.lstudy, chosen)})
+        return chosen, loaded
+
+    def options(self, trial, observer, stacked: bool = False):
+        """How the trial's run is recorded: a nested ``trial-<n>`` run of the study's parent run."""
+        from kdlab.lifecycle import RunOptions
+
+        tags = {"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING"}
+        if stacked:
+            tags["kdlab.stacked"] = "true"
+        return RunOptions(role="trial", parent_run_id=self.spec.parent_run_id, run_name=f"trial-{trial.number}",
+                          trial_number=trial.number, device=self.spec.device, observers=[observer], log_model=False,
+                          tags=tags, params={"trial_number": trial.number})
+
+    def values(self, metrics: dict[str, float]) -> list[float]:
+        """The objective values of a finished run (all finite, or the trial fails)."""
+        values = [metrics[o.metric] for o in self.objectives]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"objective is not finite: {values}")
+        return values
+
+    def conclude(self, trial, run_id: str | None, state: str, chosen: dict[str, Any],
+                 metrics: dict[str, float]) -> None:
+        """Tag the trial's MLflow run with its outcome and announce it (``kdlab_trial_end``)."""
+        from kdlab.plugins import get_plugins
+
+        self._record(trial, run_id, state)
+        get_plugins().hook.kdlab_trial_end(study=self.spec.study_name, trial_number=trial.number, state=state,
+                                           params=chosen, metrics=metrics)
 
     def _record(self, trial, run_id: str | None, state: str) -> None:
         """Tag the trial's MLflow run with its outcome (its status was set when the run ended). A trial that failed
@@ -196,6 +226,9 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
     session = session or Session()
     preimport()  # before the first trial, so that its recorded time is the trial's
     objective = Objective(spec, lstudy, session)
+    if spec.stack != 1:
+        _run_stacked(spec, study, objective, counter, lock, on_trial)
+        return
     claimed = 0
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
@@ -214,6 +247,48 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         if on_trial is not None:
             on_trial(study)
+
+
+def _run_stacked(spec: WorkerSpec, study, objective: Objective, counter, lock, on_trial) -> None:
+    """The worker's loop with ``study.stack`` > 1 (:mod:`kdlab.study.stacked`): each claim is counted against the
+    budget exactly as a lone trial's is."""
+    from kdlab.study.stacked import StackedTrials
+
+    claimed = [0]
+
+    def claim():
+        if spec.deadline is not None and time.time() >= spec.deadline:
+            return None
+        if counter is not None:
+            with lock:
+                if counter.value >= spec.budget:
+                    return None
+                counter.value += 1
+        elif claimed[0] >= spec.budget:
+            return None
+        claimed[0] += 1
+        return study.ask()
+
+    StackedTrials(objective, study, spec.stack, claim, lone=lambda trial: tell_objective(study, objective, trial),
+                  on_trial=on_trial).run()
+
+
+def tell_objective(study, objective, trial) -> None:
+    """Run ``objective`` on an asked ``trial`` and tell Optuna its outcome, as ``study.optimize`` would."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception:  # noqa: BLE001 - recorded on the trial (fail_reason), as study.optimize(catch=...) does
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, value)
 
 
 def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:

@@ -1,0 +1,190 @@
+"""Stacked trials in a study (``study.stack``, docs/studies.md): K trials of a worker trained together as one batched
+model, each still its own Optuna trial and its own ``trial-<n>`` MLflow run."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from test_study import load_study, mlflow_runs, study_config
+
+import kdlab
+from kdlab.functional import masked_cross_entropy
+from kdlab.study.runner import StudyOptions, run_study
+from kdlab.study.stacked import auto_capacity
+
+
+def _lr_grid(*lrs):
+    return {"optimizer.lr": {"type": "categorical", "choices": list(lrs)}}
+
+
+def test_a_stacked_study_records_every_member_as_its_own_trial(write_config, kdlab_home):
+    path = write_config(study_config(n_trials=5, stack=3, baseline=False), "stacked.yaml")
+    summary = run_study(str(path), StudyOptions(quiet=True))
+    assert summary["states"] == {"COMPLETE": 5}  # the budget exactly, the last stack partial
+    study = load_study(kdlab_home, "stacked")
+    assert len(study.trials) == 5
+    client, runs = mlflow_runs(kdlab_home, "stacked")
+    by_name = {r.info.run_name: r for r in runs}
+    trial_runs = [r for r in runs if r.data.tags.get("kdlab.role") == "trial"]
+    assert sorted(r.info.run_name for r in trial_runs) == [f"trial-{i}" for i in range(5)]  # one run per member
+    for t in study.trials:
+        run = by_name[f"trial-{t.number}"]
+        assert t.user_attrs["stack"] == run.data.tags["kdlab.stack"] and run.data.tags["kdlab.stacked"] == "true"
+        assert run.info.status == "FINISHED" and run.data.tags["kdlab.trial_state"] == "COMPLETE"
+        # the member's own params, curves and final metrics
+        assert float(run.data.params["optimizer.lr"]) == pytest.approx(t.params["optimizer.lr"])
+        assert float(run.data.params["loss.params.temperature"]) == pytest.approx(
+            t.params["loss.params.temperature"])
+        assert run.data.metrics["best_val_accuracy"] == t.value
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
+        assert "test_accuracy" in run.data.metrics and "agreement" in run.data.metrics
+        assert t.user_attrs["metrics"]["test_accuracy"] == run.data.metrics["test_accuracy"]
+    # members with different params learned different things
+    assert len({t.value for t in study.trials}) > 1
+
+
+def test_a_stacked_member_trains_as_the_same_trial_alone(write_config, kdlab_home):
+    lrs = [0.003, 0.01, 0.03]
+    grid = {"name": "grid", "seed": 0}
+    for name, stack in (("alone", 1), ("together", 3)):
+        cfg = study_config(n_trials=3, stack=stack, baseline=False, sampler=grid, search=_lr_grid(*lrs))
+        cfg["study"]["name"] = name
+        run_study(str(write_config(cfg, f"{name}.yaml")), StudyOptions(quiet=True))
+    client, runs = mlflow_runs(kdlab_home, "alone")
+    _, together_runs = mlflow_runs(kdlab_home, "together")
+
+    def by_lr(rs):
+        return {float(r.data.params["optimizer.lr"]): r for r in rs if r.data.tags.get("kdlab.role") == "trial"}
+
+    alone, together = by_lr(runs), by_lr(together_runs)
+    assert sorted(alone) == sorted(together) == lrs
+    assert all("kdlab.stack" not in r.data.tags for r in alone.values())
+    assert len({r.data.tags["kdlab.stack"] for r in together.values()}) == 1  # one stack of three
+    for lr in lrs:
+        a, b = alone[lr], together[lr]
+        # the same batches and the same initial weights: the same losses up to float rounding
+        for key in ("train_loss", "val_loss"):
+            ha = [m.value for m in sorted(client.get_metric_history(a.info.run_id, key), key=lambda m: m.step)]
+            hb = [m.value for m in sorted(client.get_metric_history(b.info.run_id, key), key=lambda m: m.step)]
+            assert hb == pytest.approx(ha, rel=1e-3, abs=1e-4)
+        for key in ("val_accuracy", "test_accuracy", "best_val_accuracy"):
+            assert abs(a.data.metrics[key] - b.data.metrics[key]) <= 0.01  # within a point
+
+
+class _PruneSlowLearners(optuna.pruners.BasePruner):
+    """Prunes a trial with a tiny learning rate at its second epoch: a pruning decision the test knows in advance."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.params.get("optimizer.lr", 1.0) < 1e-4 and trial.last_step == 2
+
+
+def test_a_pruned_member_leaves_the_stack_and_a_new_trial_takes_its_slot(write_config, kdlab_home, monkeypatch):
+    import kdlab.study.sampling as sampling
+
+    monkeypatch.setattr(sampling, "build_pruner", lambda config: _PruneSlowLearners())
+    cfg = study_config(n_trials=4, stack=2, baseline=False, sampler={"name": "grid", "seed": 0},
+                       search=_lr_grid(1e-5, 0.01, 0.02, 0.03))
+    cfg["training"]["epochs"] = 4
+    summary = run_study(str(write_config(cfg, "pruned.yaml")), StudyOptions(quiet=True))
+    assert summary["states"] == {"COMPLETE": 3, "PRUNED": 1}
+    study = load_study(kdlab_home, "pruned")
+    client, runs = mlflow_runs(kdlab_home, "pruned")
+    by_name = {r.info.run_name: r for r in runs}
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert [t.params["optimizer.lr"] for t in pruned] == [1e-5]  # exactly the pruned member
+    run = by_name[f"trial-{pruned[0].number}"]
+    assert run.info.status == "KILLED" and run.data.tags["kdlab.trial_state"] == "PRUNED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+    assert "stopped after epoch 2 of 4" in pruned[0].user_attrs["fail_reason"]
+    # the freed slot was filled at that epoch boundary: all four trials trained in the worker's one stack
+    assert {t.user_attrs["stack"] for t in study.trials} == {"0.1"}
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            steps = [m.step for m in client.get_metric_history(by_name[f"trial-{t.number}"].info.run_id,
+                                                               "val_accuracy")]
+            assert steps == [1, 2, 3, 4]
+
+
+class _PoisonParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    poison: float = Field(0.0, ge=0, le=1)
+
+
+class _Poison(kdlab.Loss):
+    """Cross-entropy, or NaN when ``poison`` > 0.5: stackable (the switch is a tensor buffer)."""
+
+    uses_teacher = False
+    stackable = True
+
+    def __init__(self, params: _PoisonParams):
+        super().__init__()
+        self.register_buffer("poison", torch.tensor(params.poison, dtype=torch.float64))
+
+    def forward(self, inputs):
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        total = torch.where(self.poison > 0.5, torch.full_like(ce, float("nan")), ce)
+        return kdlab.LossOutput(total, {"ce": ce})
+
+
+class PoisonLoss:
+    @kdlab.hookimpl
+    def kdlab_register_losses(self, register):
+        register("poison", _Poison, _PoisonParams, "cross-entropy, or NaN")
+
+
+def test_a_nan_member_fails_alone(write_config, kdlab_home, plugins):
+    plugins.register(PoisonLoss(), "poison-loss")
+    cfg = study_config(n_trials=3, stack=3, baseline=False, sampler={"name": "grid", "seed": 0},
+                       search={"loss.params.poison": {"type": "categorical", "choices": [0.0, 1.0]},
+                               "optimizer.lr": {"type": "categorical", "choices": [0.01, 0.02]}})
+    cfg["loss"] = {"name": "poison"}
+    del cfg["teacher"]
+    summary = run_study(str(write_config(cfg, "poison.yaml")), StudyOptions(quiet=True, n_trials=3))
+    study = load_study(kdlab_home, "poison")
+    states = {(t.params["loss.params.poison"], t.params["optimizer.lr"]): t.state.name for t in study.trials}
+    assert summary["states"] == {"COMPLETE": sum(1 for (p, _) in states if p == 0.0),
+                                 "FAIL": sum(1 for (p, _) in states if p == 1.0)}
+    assert all(state == ("FAIL" if p == 1.0 else "COMPLETE") for (p, _), state in states.items())
+    _, runs = mlflow_runs(kdlab_home, "poison")
+    for t in study.trials:
+        run = next(r for r in runs if r.info.run_name == f"trial-{t.number}")
+        if t.state.name == "FAIL":
+            assert "NonFiniteLoss" in t.user_attrs["fail_reason"] and "nan" in t.user_attrs["fail_reason"]
+            assert run.info.status == "FAILED" and run.data.tags["kdlab.trial_state"] == "FAIL"
+        else:
+            assert run.info.status == "FINISHED" and t.value > 0.5
+
+
+def test_trials_that_differ_in_shape_or_cannot_stack_train_apart(write_config, kdlab_home):
+    cfg = study_config(n_trials=4, baseline=False, sampler={"name": "grid", "seed": 0}, search={
+        "student.params.hidden": {"type": "categorical", "choices": [[8], [16]]},
+        "loss.name": {"type": "categorical", "choices": ["kd", "dist"]}})
+    summary = run_study(str(write_config(cfg, "shapes.yaml")), StudyOptions(quiet=True, stack=4))
+    assert summary["states"] == {"COMPLETE": 4}
+    study = load_study(kdlab_home, "shapes")
+    _, runs = mlflow_runs(kdlab_home, "shapes")
+    hidden = {r.info.run_name: r.data.params["student.params.hidden"] for r in runs
+              if r.data.tags.get("kdlab.role") == "trial"}
+    stacks = {(hidden[f"trial-{t.number}"], t.params["loss.name"]): t.user_attrs["stack"] for t in study.trials}
+    assert sorted(stacks) == [("[16]", "dist"), ("[16]", "kd"), ("[8]", "dist"), ("[8]", "kd")]
+    assert stacks["[8]", "dist"].startswith("alone: loss DIST does not declare stackable")
+    assert stacks["[16]", "dist"].startswith("alone:")
+    assert not stacks["[8]", "kd"].startswith("alone") and not stacks["[16]", "kd"].startswith("alone")
+    assert stacks["[8]", "kd"] != stacks["[16]", "kd"]  # other shapes: another stack
+
+
+def test_stack_auto_sizes_by_device_model_and_budget():
+    assert auto_capacity(10_000, "cpu", 64, budget=100, workers=2) == 16
+    assert auto_capacity(10_000, "cpu", 64, budget=14, workers=2) == 7  # each worker's share of the budget
+    assert auto_capacity(50_000_000, "cpu", 64, budget=100, workers=1) == 1  # a big student keeps a core alone
+
+
+def test_stack_is_validated(write_config):
+    from kdlab.errors import ConfigError
+
+    path = write_config(study_config(stack=0), "bad.yaml")
+    with pytest.raises(ConfigError, match="stack"):
+        run_study(str(path), StudyOptions(quiet=True))
