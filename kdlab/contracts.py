@@ -202,7 +202,7 @@ def watch(parts: list[Part], num_classes: int, *, check_first_call: bool = True)
         raise
     except Exception as exc:  # noqa: BLE001 - named after the component it came from, if any
         found = blame(exc, parts)
-        if _is_oom(exc):
+        if is_oom(exc):
             where = f" in the {found[1]} of {found[0].name}" if found else ""
             raise TrainingError(f"out of memory while training{where} ({shorten(str(exc).splitlines()[0], 300)}): "
                                 "lower training.batch_size (or eval_batch_size), or use a smaller model") from exc
@@ -247,7 +247,8 @@ def blame(exc: BaseException, parts: list[Part]) -> tuple[Part, str] | None:
     return found
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error: CUDA's, the host's, or a library's saying so."""
     oom = getattr(torch, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) or \
         "out of memory" in str(exc).lower()

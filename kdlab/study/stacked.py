@@ -168,9 +168,9 @@ class StackedTrials:
             self._tell(Claimed(trial, chosen, observer=observer), "FAIL", {}, attrs.INTERRUPTED)
             raise
         except Exception as exc:  # noqa: BLE001 - this trial fails alone, with its reason
-            from kdlab.study.worker import _reason
+            from kdlab.study.failures import reason_of
 
-            self._tell(Claimed(trial, chosen, observer=observer), "FAIL", {}, _reason(exc))
+            self._tell(Claimed(trial, chosen, observer=observer), "FAIL", {}, reason_of(exc))
             return None
 
     def _capacity(self, first: Claimed) -> int:
@@ -266,10 +266,10 @@ class StackedTrials:
         except BaseException as exc:
             # the stack itself broke (a signal, or an error no single member owns): every member still in it ends
             # with that reason; a stop signal goes on up, any other error fails these trials and the worker goes on
-            from kdlab.study.worker import _reason
+            from kdlab.study.failures import reason_of
 
             interrupted = isinstance(exc, KeyboardInterrupt)
-            reason = attrs.INTERRUPTED if interrupted else _reason(exc)
+            reason = attrs.INTERRUPTED if interrupted else reason_of(exc)
             for m in members.values():
                 with contextlib.suppress(BaseException):
                     m.exits.__exit__(type(exc), exc, exc.__traceback__)
@@ -285,7 +285,7 @@ class StackedTrials:
         from kdlab.contracts import watch
         from kdlab.distill import finish
         from kdlab.errors import NonFiniteLoss, Pruned
-        from kdlab.study.worker import _reason
+        from kdlab.study.failures import reason_of
 
         c = m.claim
         prep = c.prep
@@ -295,13 +295,13 @@ class StackedTrials:
             state = "PRUNED" if isinstance(exc, Pruned) else "FAIL"
             with contextlib.suppress(BaseException):
                 m.exits.__exit__(type(exc), exc, exc.__traceback__)
-            self._tell(c, state, {}, str(exc) if state == "PRUNED" else _reason(exc))
+            self._tell(c, state, {}, str(exc) if state == "PRUNED" else reason_of(exc))
             return
         if result.status == "failed":
             exc = NonFiniteLoss(result.reason or "the training loss is not finite")
             with contextlib.suppress(BaseException):
                 m.exits.__exit__(type(exc), exc, None)
-            self._tell(c, "FAIL", {}, _reason(exc))
+            self._tell(c, "FAIL", {}, reason_of(exc))
             return
         try:
             with watch(prep.parts, prep.data.num_classes, check_first_call=False):
@@ -310,7 +310,7 @@ class StackedTrials:
         except Exception as exc:  # noqa: BLE001 - this member fails alone
             with contextlib.suppress(BaseException):
                 m.exits.__exit__(type(exc), exc, exc.__traceback__)
-            self._tell(c, "FAIL", metrics, _reason(exc))
+            self._tell(c, "FAIL", metrics, reason_of(exc))
             return
         m.exits.__exit__(None, None, None)
         c.trial.set_user_attr(attrs.METRICS, metrics)

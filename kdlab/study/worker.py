@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdlab import signals
+from kdlab.contracts import is_oom
 from kdlab.study import attrs
+from kdlab.study.failures import free_cuda, reason_of
 
 
 @dataclass
@@ -70,9 +71,9 @@ class Objective:
             trial.set_user_attr(attrs.FAIL, attrs.INTERRUPTED)
             raise
         except BaseException as exc:
-            trial.set_user_attr(attrs.FAIL, _reason(exc))
-            if _is_oom(exc):
-                _free_cuda()
+            trial.set_user_attr(attrs.FAIL, reason_of(exc))
+            if is_oom(exc):
+                free_cuda()
             raise
         finally:
             self.conclude(trial, observer.run_id, state, chosen, metrics)
@@ -152,34 +153,6 @@ class Objective:
             tracker.run(run_id).set_tags(tags)
         except Exception:  # noqa: BLE001 - tracking trouble must not hide the trial's own outcome
             pass
-
-
-def _reason(exc: BaseException) -> str:
-    from kdlab.errors import KdlabError
-
-    if isinstance(exc, KdlabError):
-        return f"{type(exc).__name__}: {exc}"
-    if _is_oom(exc):
-        return f"out of memory: {str(exc).splitlines()[0][:500]}"
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-    return f"{type(exc).__name__}: {exc}{where}"
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _free_cuda() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def open_study(spec: WorkerSpec, lstudy):
