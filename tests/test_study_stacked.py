@@ -188,3 +188,28 @@ def test_stack_is_validated(write_config):
     path = write_config(study_config(stack=0), "bad.yaml")
     with pytest.raises(ConfigError, match="stack"):
         run_study(str(path), StudyOptions(quiet=True))
+
+
+class _CtrlCAtEpoch2:
+    @kdlab.hookimpl
+    def kdlab_epoch_end(self, run, epoch, metrics):
+        if run.role == "trial" and epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_ends_every_member_killed_and_the_study_resumes(write_config, kdlab_home, plugins):
+    from kdlab import signals
+
+    path = write_config(study_config(n_trials=3, stack=3, baseline=False), "ctrlc.yaml")
+    plugins.register(_CtrlCAtEpoch2(), "ctrl-c")
+    summary = run_study(str(path), StudyOptions(quiet=True))
+    assert summary["interrupted"] == "SIGINT"
+    study = load_study(kdlab_home, "ctrlc")
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert {t.user_attrs["fail_reason"] for t in study.trials} == {"interrupted"}
+    _, runs = mlflow_runs(kdlab_home, "ctrlc")
+    assert sorted(r.info.status for r in runs if r.data.tags.get("kdlab.role") == "trial") == ["KILLED"] * 3
+    plugins.unregister("ctrl-c")
+    signals.reset()
+    summary = run_study(str(path), StudyOptions(quiet=True))  # resumed: interrupted trials do not count
+    assert summary["states"] == {"COMPLETE": 3, "FAIL": 3}

@@ -96,6 +96,7 @@ class Claimed:
     key: str | None = None
     why: str = ""
     told: bool = False  # Optuna has its result
+    alive: contextlib.ExitStack | None = None  # the trial's keepalive (heartbeat), closed once it is told
 
 
 @dataclass
@@ -113,17 +114,18 @@ class StackedTrials:
     """The stacked claim loop of one worker (see the module's docstring).
 
     ``claim()`` returns a new Optuna trial counted against the budget, or ``None`` when no trial may start now;
-    ``heartbeat(trial)`` (RDB storages) is called for every held trial at each epoch boundary; ``lone(trial)`` runs a
-    trial that cannot stack the way an unstacked worker runs it (and tells Optuna)."""
+    ``keepalive(trial)`` (a context manager: the storage's heartbeat, on RDB storages) is held from a trial's claim to
+    its tell, while it waits, trains or is recorded; ``lone(trial)`` runs a trial that cannot stack the way an
+    unstacked worker runs it (and tells Optuna)."""
 
     def __init__(self, objective, study, capacity: int | str, claim: Callable[[], Any], lone: Callable[[Any], None],
-                 heartbeat: Callable[[Any], None] | None = None, on_trial: Callable[[Any], None] | None = None):
+                 keepalive: Callable[[Any], Any] | None = None, on_trial: Callable[[Any], None] | None = None):
         self.objective = objective
         self.study = study
         self.capacity_setting = capacity
         self.claim = claim
         self.lone = lone
-        self.heartbeat = heartbeat
+        self.keepalive = keepalive
         self.on_trial = on_trial
         self.pending: deque[Claimed] = deque()
         self.stacks = 0
@@ -143,11 +145,14 @@ class StackedTrials:
             if trial is None:
                 self.exhausted = True
                 return None
-            claimed = self._prepare(trial)
+            alive = contextlib.ExitStack()
+            if self.keepalive is not None:
+                alive.enter_context(self.keepalive(trial))
+            claimed = self._prepare(trial, alive)
             if claimed is not None:
                 return claimed
 
-    def _prepare(self, trial) -> Claimed | None:
+    def _prepare(self, trial, alive: contextlib.ExitStack) -> Claimed | None:
         from kdlab.distill import prepare
 
         obj = self.objective
@@ -155,7 +160,7 @@ class StackedTrials:
         chosen: dict[str, Any] = {}
         try:
             chosen, loaded = obj.configure(trial)
-            c = Claimed(trial, chosen, loaded, observer=observer)
+            c = Claimed(trial, chosen, loaded, observer=observer, alive=alive)
             data = obj.session.get_data(loaded)
             from kdlab.distill import build_loss
 
@@ -165,12 +170,12 @@ class StackedTrials:
             c.prep = prepare(loaded, obj.options(trial, observer, stacked=True), obj.session)
             return c
         except KeyboardInterrupt:
-            self._tell(Claimed(trial, chosen, observer=observer), "FAIL", {}, attrs.INTERRUPTED)
+            self._tell(Claimed(trial, chosen, observer=observer, alive=alive), "FAIL", {}, attrs.INTERRUPTED)
             raise
         except Exception as exc:  # noqa: BLE001 - this trial fails alone, with its reason
             from kdlab.study.failures import reason_of
 
-            self._tell(Claimed(trial, chosen, observer=observer), "FAIL", {}, reason_of(exc))
+            self._tell(Claimed(trial, chosen, observer=observer, alive=alive), "FAIL", {}, reason_of(exc))
             return None
 
     def _capacity(self, first: Claimed) -> int:
@@ -193,7 +198,10 @@ class StackedTrials:
             if first.prep is None:  # cannot stack: run it as an unstacked worker would
                 if first.key is None and first.loaded is not None:
                     first.trial.set_user_attr(attrs.STACK, f"alone: {first.why}")
-                self.lone(first.trial)
+                try:
+                    self.lone(first.trial)
+                finally:
+                    first.alive.close()
                 self._ran_one()
                 continue
             self._run_stack(first)
@@ -243,9 +251,6 @@ class StackedTrials:
                 except Exception as exc:  # noqa: BLE001 - the pruner (Pruned) or an observer's error: this member only
                     m.stopped = exc
                     control.prune(r.key, str(exc))
-            if self.heartbeat is not None:
-                for c in [*(m.claim for m in members.values()), *self.pending]:
-                    self.heartbeat(c.trial)
 
         def on_result(control, result) -> None:
             self._conclude(members.pop(result.key), result)
@@ -330,8 +335,12 @@ class StackedTrials:
         try:  # recorded while the trial is still running (a finished trial takes no user attrs), as optimize does
             self.objective.conclude(trial, run_id, state, c.chosen, metrics)
         finally:
-            self.study.tell(trial, values if state == "COMPLETE" else None, state=kind)
-            self._ran_one()
+            try:
+                self.study.tell(trial, values if state == "COMPLETE" else None, state=kind)
+            finally:
+                if c.alive is not None:
+                    c.alive.close()
+                self._ran_one()
 
 
 def _opened(prep):
