@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ def _setting(setting: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def markdown(name: str, results: list[MethodResult], cmp, source: str) -> str:
+def markdown(name: str, results: list[MethodResult], cmp, source: str, wall_s: float | None = None) -> str:
     """The table: each method tuned, retrained on the seeds; the gain over the baseline paired by seed."""
     base = results[0]
     for r in results[1:]:
@@ -95,6 +96,11 @@ def markdown(name: str, results: list[MethodResult], cmp, source: str) -> str:
                                            if len(seeds) > 1 else f"{100 * r.gain[0]:+.2f}")
         lines.append(f"| `{r.title}` | {acc} | {gain} | {last} | {m['time_per_epoch_s']:.3f} | "
                      f"{int(m['student_params']):,} | {_setting(r.setting)} |")
-    lines += ["", f"Machine: {platform.machine()}, Python {platform.python_version()}, "
-                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+    import torch
+
+    wall = (f" Wall time of this `kdlab compare` command: {wall_s / 60:.1f} min (a resumed command counts only its own "
+            "time)." if wall_s is not None else "")
+    lines += ["", f"Machine: {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, torch "
+                  f"{torch.__version__} ({torch.get_num_threads()} threads), "
+                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.{wall}"]
     return "\n".join(lines) + "\n"

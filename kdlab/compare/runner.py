@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def method_study(lc: LoadedCompare, spec: MethodSpec) -> dict[str, Any]:
 
 
 def run_compare(path: str, options: CompareOptions) -> list[MethodResult]:
+    started = time.perf_counter()
     lc = load(path, options)
     cmp = lc.compare
     workdir = paths.home() / "compare" / lc.name
@@ -98,7 +100,7 @@ def run_compare(path: str, options: CompareOptions) -> list[MethodResult]:
     for spec in [baseline, *cmp.specs()]:
         setting = _tune(lc, spec, workdir, options) if spec is not baseline else ({}, None)
         results.append(_retrain(lc, spec, setting, session, tracker, parent, state, state_file, options))
-    table = markdown(lc.name, results, cmp, lc.loaded.name)
+    table = markdown(lc.name, results, cmp, lc.loaded.name, wall_s=time.perf_counter() - started)
     out = Path(options.out or cmp.out or workdir.parent / f"{lc.name}.md")
     atomic_write_text(out, table)
     atomic_write_text(out.with_suffix(".json"), json.dumps([r.as_dict() for r in results], indent=2))
