@@ -34,6 +34,7 @@ def _quiet_mlflow() -> None:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at ..." from a server store
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -124,6 +125,11 @@ class Tracker:
         if status:
             flt += f" and attributes.status = '{status}'"
         return [r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id], filter_string=flt)]
+
+    def search_runs(self, filter_string: str, order_by: list[str] | None = None, max_results: int = 100) -> list[Any]:
+        """Runs of this experiment matching an MLflow filter (``tags.kdlab.role = 'teacher'``), as MLflow ``Run``s."""
+        return _retry(self.client.search_runs, [self.experiment_id], filter_string=filter_string,
+                      order_by=order_by, max_results=max_results)
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[Any]:
         return _retry(self.client.list_artifacts, run_id, path)

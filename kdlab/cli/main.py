@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["data", "teacher", "student", "loss"], help="component kind (with `show`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("study", help="search distillation hyperparameters with Optuna; `study show FILE` summarises")
-    p.add_argument("target", nargs="+", metavar="[show] FILE", help="study file, or `show FILE`")
+    p = sub.add_parser("study", help="search distillation hyperparameters with Optuna; `study show FILE` summarises, "
+                       "`study status FILE` shows progress by machine and device")
+    p.add_argument("target", nargs="+", metavar="[show|status] FILE", help="study file, or `show FILE`, `status FILE`")
     _add_overrides(p)
     p.add_argument("--n-trials", type=int, help="trial budget (default: study.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")

@@ -124,6 +124,10 @@ class StudyConfig(_Strict):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(None, description="Optuna storage URL or journal file (default: "
                                                   "$KDLAB_HOME/optuna.journal)")
+    heartbeat_interval: int = Field(30, ge=1, description="seconds between the heartbeats of a running trial (server "
+                                                         "RDB storages: PostgreSQL, MySQL)")
+    grace_period: int = Field(120, ge=2, description="seconds without a heartbeat after which a running trial's "
+                                                    "machine is taken for dead: the trial fails and is retried once")
     devices: Literal["auto", "cpu"] | list[str] = "auto"
     workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per "
                                                                "CPU core")
@@ -131,6 +135,14 @@ class StudyConfig(_Strict):
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
     log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self):
+        # a grace period within one beat would fail live trials between two of their heartbeats
+        if self.grace_period < 2 * self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must be at least twice heartbeat_interval "
+                             f"({self.heartbeat_interval})")
+        return self
 
     @property
     def objectives(self) -> list[Objective]:

@@ -1,7 +1,8 @@
 """A study worker: one process per device slot, running trials one at a time on its device.
 
-Workers share a trial counter so that a study runs exactly its budget of trials however many workers take part.
-Each trial is one run of :func:`kdlab.modes.run` with a :class:`~kdlab.study.pruning.TrialObserver` watching it;
+Workers claim trials against the budget kept in the study's storage (:mod:`kdlab.study.trials`), under the study's
+storage lock, so that a study runs exactly ``n_trials`` trials however many workers, processes and machines take
+part. Each trial is one run of :func:`kdlab.modes.run` with a :class:`~kdlab.study.pruning.TrialObserver` watching it;
 its outcome is told to Optuna, tagged on its MLflow run, and announced with ``kdlab_trial_end``.
 """
 
@@ -31,7 +32,9 @@ class WorkerSpec:
     threads: int
     index: int
     deadline: float | None = None  # time.time() after which no trial starts
-    budget: int = 0
+    target: int = 0  # the study's n_trials, counted in the storage across every process
+    heartbeat_interval: int = 30
+    grace_period: int | None = 120
     plugin_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -43,6 +46,8 @@ class Objective:
         self.lstudy = lstudy
         self.session = session
         self.objectives = lstudy.study.objectives
+        #: called once the trial has recorded its owner (the worker releases the study's lock there)
+        self.on_owned = None
 
     def __call__(self, trial) -> float | tuple[float, ...]:
         import optuna
@@ -54,10 +59,17 @@ class Objective:
         from kdlab.plugins import get_plugins
         from kdlab.study.config import sample, trial_overrides
         from kdlab.study.pruning import TrialObserver
+        from kdlab.study.trials import this_process
 
-        chosen = sample(self.lstudy, trial)
+        try:
+            trial.set_user_attr(attrs.OWNER, this_process())
+        finally:
+            if self.on_owned is not None:
+                self.on_owned()
         trial.set_user_attr(attrs.DEVICE, self.spec.device)
         trial.set_user_attr(attrs.WORKER, self.spec.index)
+        retry_of = trial.user_attrs.get(attrs.RETRY_OF)
+        chosen = sample(self.lstudy, trial)
         first = self.objectives[0]
         prunable = len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss")
         observer = TrialObserver(trial, first.metric if prunable else None)
@@ -68,7 +80,9 @@ class Objective:
             options = RunOptions(
                 role="trial", parent_run_id=self.spec.parent_run_id, run_name=f"trial-{trial.number}",
                 trial_number=trial.number, device=self.spec.device, observers=[observer], log_model=False,
-                tags={"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING"},
+                tags={"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING",
+                      "kdlab.trial_number": str(trial.number),
+                      **({"kdlab.retry_of": str(retry_of)} if retry_of is not None else {})},
                 params={"trial_number": trial.number},
             )
             metrics = run(loaded, options, self.session).metrics
@@ -138,15 +152,19 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-def open_study(spec: WorkerSpec, lstudy):
+def open_study(spec: WorkerSpec, lstudy, on_stale=None):
+    """The study in its storage (and the storage object), with this worker's sampler and the study's pruner."""
     import optuna
 
     from kdlab.study.sampling import build_pruner, build_sampler
     from kdlab.study.storage import make_storage
 
     optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
-    return optuna.load_study(study_name=spec.study_name, storage=make_storage(spec.storage_url),
-                             sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
+    storage = make_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval,
+                           grace_period=spec.grace_period, on_stale=on_stale)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage,
+                              sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
+    return study, storage
 
 
 def preimport() -> None:
@@ -157,8 +175,27 @@ def preimport() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
-def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session=None) -> None:
-    """Claim trials from the shared ``counter`` until the budget or the deadline is reached.
+def end_stale_run(tracker):
+    """``end_run(run_id, reason)`` for :class:`~kdlab.study.trials.StaleTrials`: the MLflow run of a stale trial
+    ends ``FAILED`` with the reason."""
+
+    def end(run_id: str, reason: str) -> None:
+        info = tracker.run_info(run_id)
+        if info is None or info.info.status != "RUNNING":
+            return
+        run = tracker.run(run_id)
+        run.set_tags({"kdlab.trial_state": "FAIL", "kdlab.fail_reason": reason[:5000]})
+        run.end("FAILED")
+
+    return end
+
+
+def run_worker(spec: WorkerSpec, on_trial=None, session=None) -> None:
+    """Claim trials against the study's budget in its storage until it is spent or the deadline has passed.
+
+    Each claim is made under the study's storage lock: stale trials are failed (and retried), the budget is
+    counted, and the trial is asked for; the lock is released once the trial has recorded its owner. When the budget
+    is claimed but other processes' trials still run, the worker waits for them: one that goes stale is retried.
 
     ``session``: the data and teacher outputs already loaded by this process (in-process or forked workers)."""
     import os
@@ -175,35 +212,62 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
     from kdlab.plugins import get_registry
     from kdlab.session import Session
     from kdlab.study.config import LoadedStudy, load_study_config
+    from kdlab.study.storage import storage_locks
+    from kdlab.study.trials import DONE, RUN, STUDY_LOCK, StaleTrials, decide, sweep
 
     loaded = load_config(spec.config_path, registry=get_registry(), overrides=spec.overrides)
     lstudy = LoadedStudy(loaded, load_study_config(loaded).study, spec.overrides)
-    study = open_study(spec, lstudy)
+    on_stale = StaleTrials()
+    study, storage = open_study(spec, lstudy, on_stale)
     session = session or Session()
+    if session.locks is None:
+        session.locks = storage_locks(spec.storage_url)
+    tracker = session.tracker(loaded)
+    if tracker is not None:
+        on_stale.end_run = end_stale_run(tracker)
     preimport()  # before the first trial, so that its recorded time is the trial's
     objective = Objective(spec, lstudy, session)
-    claimed = 0
-    while True:
-        if spec.deadline is not None and time.time() >= spec.deadline:
+    lock = session.locks.lock(STUDY_LOCK.format(name=spec.study_name))
+    objective.on_owned = lock.release
+    poll = max(0.5, min(5.0, spec.heartbeat_interval / 2))
+    while spec.deadline is None or time.time() < spec.deadline:
+        lock.acquire(waiting=f"waiting for the lock of study {spec.study_name}")
+        try:
+            sweep(study, storage, spec.storage_url, on_stale)
+            decision = decide(study, spec.target, spec.storage_url)
+            if decision == RUN:
+                _optimize_one(study, objective)
+        finally:
+            lock.release()
+        if decision == DONE:
             break
-        if counter is not None:
-            with lock:
-                if counter.value >= spec.budget:
-                    break
-                counter.value += 1
-        elif claimed >= spec.budget:
-            break
-        claimed += 1
+        if decision == RUN:
+            if on_trial is not None:
+                on_trial(study)
+        else:
+            time.sleep(poll)
+
+
+def _optimize_one(study, objective) -> None:
+    import logging
+
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        if on_trial is not None:
-            on_trial(study)
+    except (UpdateFinishedTrialError, ValueError) as exc:
+        if "finished" not in str(exc).lower() and "cannot tell" not in str(exc).lower():
+            raise
+        # another process judged this trial stale (its heartbeat was late past the grace period) and failed it;
+        # its retry runs elsewhere: drop this result rather than the worker
+        logging.getLogger("kdlab").warning("a trial was failed by another process before it ended: %s", exc)
 
 
-def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:
+def worker_entry(spec: WorkerSpec, session=None) -> None:
     """Process entry point (top level, so that ``spawn`` can import it)."""
     import sys
 
     try:
-        run_worker(spec, counter, lock, session=session)
+        run_worker(spec, session=session)
     except KeyboardInterrupt:
         sys.exit(130)
