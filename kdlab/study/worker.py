@@ -46,8 +46,6 @@ class Objective:
         self.lstudy = lstudy
         self.session = session
         self.objectives = lstudy.study.objectives
-        #: called once the trial has recorded its owner (the worker releases the study's lock there)
-        self.on_owned = None
 
     def __call__(self, trial) -> float | tuple[float, ...]:
         import optuna
@@ -59,13 +57,7 @@ class Objective:
         from kdlab.plugins import get_plugins
         from kdlab.study.config import sample, trial_overrides
         from kdlab.study.pruning import TrialObserver
-        from kdlab.study.trials import this_process
 
-        try:
-            trial.set_user_attr(attrs.OWNER, this_process())
-        finally:
-            if self.on_owned is not None:
-                self.on_owned()
         trial.set_user_attr(attrs.DEVICE, self.spec.device)
         trial.set_user_attr(attrs.WORKER, self.spec.index)
         retry_of = trial.user_attrs.get(attrs.RETRY_OF)
@@ -213,7 +205,7 @@ def run_worker(spec: WorkerSpec, on_trial=None, session=None) -> None:
     from kdlab.session import Session
     from kdlab.study.config import LoadedStudy, load_study_config
     from kdlab.study.storage import storage_locks
-    from kdlab.study.trials import DONE, RUN, STUDY_LOCK, StaleTrials, decide, sweep
+    from kdlab.study.trials import StaleTrials
 
     loaded = load_config(spec.config_path, registry=get_registry(), overrides=spec.overrides)
     lstudy = LoadedStudy(loaded, load_study_config(loaded).study, spec.overrides)
@@ -226,17 +218,40 @@ def run_worker(spec: WorkerSpec, on_trial=None, session=None) -> None:
     if tracker is not None:
         on_stale.end_run = end_stale_run(tracker)
     preimport()  # before the first trial, so that its recorded time is the trial's
-    objective = Objective(spec, lstudy, session)
-    lock = session.locks.lock(STUDY_LOCK.format(name=spec.study_name))
-    objective.on_owned = lock.release
-    poll = max(0.5, min(5.0, spec.heartbeat_interval / 2))
-    while spec.deadline is None or time.time() < spec.deadline:
-        lock.acquire(waiting=f"waiting for the lock of study {spec.study_name}")
+    run_trials(study, storage, spec.storage_url, session.locks, Objective(spec, lstudy, session), spec.target,
+               deadline=spec.deadline, on_stale=on_stale, on_trial=on_trial,
+               poll=max(0.5, min(5.0, spec.heartbeat_interval / 2)))
+
+
+def run_trials(study, storage, url: str, locks, objective, target: int, *, deadline: float | None = None,
+               on_stale=None, on_trial=None, poll: float = 1.0) -> int:
+    """The claim loop of a worker: run ``objective`` in trials of ``study`` until the study's budget of ``target``
+    trials is spent (counted in the storage) or ``deadline`` has passed; returns the number of trials run here.
+
+    Each claim is made under the study's lock in ``locks``: stale trials are failed (and retried through
+    ``on_stale``), the budget is counted, the trial is asked for and records its owner, and the lock is released
+    before ``objective`` runs. While the budget is claimed but other processes' trials still run, the loop polls
+    every ``poll`` seconds: one that goes stale is retried here."""
+    from kdlab.study.trials import DONE, RUN, STUDY_LOCK, decide, sweep, this_process
+
+    lock = locks.lock(STUDY_LOCK.format(name=study.study_name))
+
+    def owned(trial):
         try:
-            sweep(study, storage, spec.storage_url, on_stale)
-            decision = decide(study, spec.target, spec.storage_url)
+            trial.set_user_attr(attrs.OWNER, this_process())
+        finally:
+            lock.release()  # the trial is RUNNING in the storage, with its owner: other claims may go on
+        return objective(trial)
+
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        lock.acquire(waiting=f"waiting for the lock of study {study.study_name}")
+        try:
+            sweep(study, storage, url, on_stale)
+            decision = decide(study, target, url)
             if decision == RUN:
-                _optimize_one(study, objective)
+                _optimize_one(study, owned)
+                ran += 1
         finally:
             lock.release()
         if decision == DONE:
@@ -246,6 +261,7 @@ def run_worker(spec: WorkerSpec, on_trial=None, session=None) -> None:
                 on_trial(study)
         else:
             time.sleep(poll)
+    return ran
 
 
 def _optimize_one(study, objective) -> None:
