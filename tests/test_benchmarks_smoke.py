@@ -79,3 +79,16 @@ def test_workers_parts(bench_env):
     assert 0 < bench.pss_mib(os.getpid()) <= bench.hwm_mib(os.getpid())
     assert set(bench.CONFIGS) == {"1x1", "1x2", "2x1", "2x1s"}
     assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each
+
+
+def test_storage_parts(bench_env, tmp_path):
+    """benchmarks/storage.py starts PostgreSQL and an MLflow server (minutes): here its claim loop on a journal file
+    and its study file only."""
+    bench = _load("storage")
+    url = f"journal:{tmp_path / 'optuna.journal'}"
+    assert bench.claims(url, 1, 3, "smoke") > 0  # asserts that exactly the budget ran
+    from kdlab.study.config import load_study_config
+    from kdlab_test_helpers import load_config
+
+    lstudy = load_study_config(load_config(bench.write_study(tmp_path, 4, 2, "smoke")))
+    assert lstudy.study.n_trials == 4 and lstudy.name == "smoke"

@@ -157,6 +157,35 @@ def test_n_processes_run_exactly_n_trials(any_storage):
     assert len({t.user_attrs["owner"]["pid"] for t in study.trials}) >= 2  # the processes shared the work
 
 
+def test_status_counts_trials_by_machine_and_device(tmp_path):
+    from kdlab.study.report import render_status, status
+
+    url = f"journal:{tmp_path / 'optuna.journal'}"
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="st", storage=storage)
+
+    def objective(trial):
+        trial.set_user_attr("device", "cpu")
+        return trial.suggest_float("x", 0, 1)
+
+    assert run_trials(study, storage, url, storage_locks(url), objective, 3) == 3
+    live = study.ask()
+    live.set_user_attr("owner", this_process())
+    live.set_user_attr("device", "cuda:1")
+    st = status(study, 4)
+    assert st["states"] == {"COMPLETE": 3, "RUNNING": 1} and st["finished"] == 3
+    host = this_process()["host"]
+    assert {(r["host"], r["device"]): r["states"] for r in st["by_place"]} == {
+        (host, "cpu"): {"COMPLETE": 3}, (host, "cuda:1"): {"RUNNING": 1}}
+    assert [r["number"] for r in st["running"]] == [live.number]
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    render_status(st, console)
+    text = console.export_text()
+    assert "3 complete, 1 running (3 of 4 counted trials done)" in text and f"running: trial {live.number}" in text
+
+
 def test_dead_processs_trial_is_failed_by_heartbeat_and_retried_once(postgres_url):
     """A process is SIGKILLed inside a trial: its heartbeat stops, and after the grace period the trial is failed
     and retried once, with the same params, by a process that is still at work."""
