@@ -196,6 +196,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
                 for t in trackers:
                     release_connections(t)
                 release_storage(storage)
+                locks.close()
 
             _run_processes(specs, progress, workers_started, session if workers_started == "fork" else None,
                            before_fork=before_fork, watch=watch)

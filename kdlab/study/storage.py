@@ -169,6 +169,9 @@ class Lock:
 class _Backend:
     where = "the storage"
 
+    def close(self) -> None:
+        """Close pooled connections (before a fork: none may cross into the child)."""
+
     def try_acquire(self, key: str) -> Any | None:
         raise NotImplementedError
 
@@ -219,16 +222,20 @@ class _SqlLocks(_Backend):
 
     def _connect(self):
         import sqlalchemy
-        from sqlalchemy.pool import NullPool
 
-        if self._engine is None or self._pid != os.getpid():  # never a connection made before a fork
+        if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None:
+                # inherited through a fork: its pooled connections are the parent's; leave them to it
+                self._engine.dispose(close=False)
             args: dict[str, Any] = {}
             if self.kind == "postgresql":
                 args = {"options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
                         "connect_timeout": 10}
-            self._engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args=args)
+            # a small pool: a claim reuses a connection (a new one costs a server process, ~10 ms)
+            self._engine = sqlalchemy.create_engine(self.url, connect_args=args, pool_size=2, max_overflow=8,
+                                                    pool_pre_ping=True, isolation_level="AUTOCOMMIT")
             self._pid = os.getpid()
-        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._engine.connect()
 
     def try_acquire(self, key: str) -> Any | None:
         import sqlalchemy
@@ -255,10 +262,14 @@ class _SqlLocks(_Backend):
                 handle.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _int64(key)})
             else:
                 handle.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"kdlab-{_digest(key)}"})
-        except Exception:  # noqa: BLE001 - closing the session releases it as well
-            pass
+        except Exception:  # noqa: BLE001 - the session may still hold it: end the session, not back to the pool
+            handle.invalidate()
         finally:
             handle.close()
+
+    def close(self) -> None:
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
 
 
 class _NoLocks(_Backend):
@@ -284,6 +295,10 @@ class StorageLocks:
 
     def lock(self, key: str) -> Lock:
         return Lock(self.backend, key)
+
+    def close(self) -> None:
+        """Close the idle pooled connections of the locks (before a fork); they reopen on the next claim."""
+        self.backend.close()
 
     @contextmanager
     def hold(self, key: str, timeout: float | None = 600.0, waiting: str | None = None) -> Iterator[Lock]:
