@@ -114,6 +114,29 @@ def test_owner_alive_tells_live_dead_and_unknown():
     assert owner_alive(None) is None
 
 
+def test_storage_urls_drivers_and_locks(tmp_path):
+    from kdlab.study.storage import driver_url
+
+    assert driver_url("postgresql://u:p@h:5432/db") == "postgresql+psycopg://u:p@h:5432/db"
+    assert driver_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert driver_url("mysql://u@h/db") == "mysql+pymysql://u@h/db"
+    assert driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # a driver named: kept
+    assert storage_locks(f"journal:{tmp_path / 'j'}").exclusive
+    assert storage_locks(f"sqlite:///{tmp_path / 'o.db'}").exclusive
+    assert storage_locks("mysql://u@h/db").backend.kind == "mysql"
+    assert not storage_locks("grpc://h:1234").exclusive  # cannot lock: the documented bound applies
+
+
+def test_grace_period_must_span_two_heartbeats(write_config):
+    from kdlab.errors import ConfigError
+    from kdlab.study.config import load_study_config
+    from kdlab_test_helpers import load_config
+
+    path = write_config(study_config(heartbeat_interval=10, grace_period=15))
+    with pytest.raises(ConfigError, match="grace_period .15. must be at least twice heartbeat_interval"):
+        load_study_config(load_config(path))
+
+
 # --- the budget in the storage ----------------------------------------------------------------------------------
 
 CLAIMER = textwrap.dedent("""
@@ -262,7 +285,8 @@ def _kdlab_study(path: Path, home: Path, storage: str, tracking: str, *extra: st
     return _popen([*start, *args], env={"KDLAB_HOME": str(home)})
 
 
-def _wait_for(study_name: str, storage: str, test, what: str, procs, timeout: float = 240):
+def _wait_for(study_name: str, url: str, test, what: str, procs, timeout: float = 240):
+    storage = make_storage(url)
     deadline = time.time() + timeout
     while time.time() < deadline:
         for p in procs:
@@ -270,7 +294,7 @@ def _wait_for(study_name: str, storage: str, test, what: str, procs, timeout: fl
                 pytest.fail(f"a kdlab study ended early ({p.returncode}) while waiting for {what}:\n"
                             f"{p.stdout.read()[-3000:]}")
         try:
-            trials = optuna.load_study(study_name=study_name, storage=make_storage(storage)).get_trials()
+            trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
         except KeyError:
             trials = []
         if test(trials):

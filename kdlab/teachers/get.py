@@ -30,7 +30,8 @@ log = logging.getLogger("kdlab")
 class Teacher:
     model: nn.Module
     fingerprint: str
-    source: str  # "trained", "cache", "shared" (a teacher run of the tracking store), "checkpoint", "mlflow"
+    #: "trained", "cache" (the local cache), "shared" (downloaded from its teacher run), "checkpoint", "mlflow"
+    source: str
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -111,12 +112,13 @@ def _from_run(loaded: LoadedConfig, data: Data, session: Session, fp: str, run: 
     model = build_model(comp, params, data)
     if (hit := cached_teacher(fp)) is not None:
         load_weights(model, hit[0], key="teacher cache", value=fp)
-    else:
-        path = fetch_weights(tracker, run_id)
-        load_weights(model, load_state_dict_file(path, "teacher run"), key="teacher run", value=run_id)
-        store_teacher(fp, model, {"run_id": run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
-                                  "tracking_uri": tracker.uri})
-        log.info("teacher %s (%s) downloaded from run %s", cfg.name, fp[:8], run_id)
+        log.info("teacher %s reused from cache (%s)", cfg.name, fp[:8])
+        return Teacher(model, fp, "cache", run_id, hit[1].get("metrics") or metrics)
+    path = fetch_weights(tracker, run_id)
+    load_weights(model, load_state_dict_file(path, "teacher run"), key="teacher run", value=run_id)
+    store_teacher(fp, model, {"run_id": run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
+                              "tracking_uri": tracker.uri})
+    log.info("teacher %s (%s) downloaded from run %s", cfg.name, fp[:8], run_id)
     return Teacher(model, fp, "shared", run_id, metrics)
 
 
