@@ -67,7 +67,8 @@ def study_cfg(trials: int, epochs: int, name: str) -> dict:
         "student": {"name": "mlp", "params": {"hidden": [32]}},
         "loss": {"name": "kd", "params": {"temperature": 4.0, "alpha": 0.9}},
         "optimizer": {"name": "adam", "lr": 0.01},
-        "training": {"epochs": epochs, "batch_size": 64, "seed": 0, "device": "cpu"},
+        # one torch thread per worker, however many workers: the rows differ only in the storage and the workers
+        "training": {"epochs": epochs, "batch_size": 64, "seed": 0, "device": "cpu", "threads": 1},
         "tracking": {"log_model": False},
         "study": {"name": name, "n_trials": trials, "devices": "cpu", "baseline": False, "log_best_model": False,
                   "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},

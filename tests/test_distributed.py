@@ -245,7 +245,7 @@ def test_dead_processs_trial_is_failed_by_heartbeat_and_retried_once(postgres_ur
 
 
 def _study_file(tmp_path: Path, name: str, n_trials: int, epochs: int, **study) -> Path:
-    cfg = study_config(n_trials=n_trials, baseline=True, **study)
+    cfg = study_config(n_trials=n_trials, **{"baseline": True, **study})
     cfg["study"]["name"] = name
     cfg["training"]["epochs"] = epochs
     path = tmp_path / f"{name}.yaml"
@@ -364,8 +364,8 @@ def test_a_killed_machines_trial_is_failed_by_heartbeat_and_retried(tmp_path, po
     """SIGKILL one `kdlab study` mid-trial: its trial becomes FAIL by heartbeat within the grace period and is
     retried (a new trial and a new MLflow run tagged with the trial it retries); the study still ends with exactly
     n_trials COMPLETE + PRUNED, and nothing is left RUNNING in Optuna or MLflow."""
-    n, grace = 4, 5
-    path = _study_file(tmp_path, "killed", n, epochs=10, heartbeat_interval=1, grace_period=grace)
+    n, grace = 3, 5
+    path = _study_file(tmp_path, "killed", n, epochs=10, heartbeat_interval=1, grace_period=grace, baseline=False)
     # the first process stops inside its second trial (its MLflow run started), where it is killed
     victim = _kdlab_study(path, tmp_path / "machine-a", postgres_url, mlflow_server.uri, "--workers", "1",
                           gate=(tmp_path / "never", 1))
