@@ -399,3 +399,22 @@ def test_a_killed_machines_trial_is_failed_by_heartbeat_and_retried(tmp_path, po
     assert by_trial[str(lost)].data.tags["kdlab.fail_reason"].startswith("stale:")
     assert by_trial[str(retry.number)].data.tags["kdlab.retry_of"] == str(lost)
     assert len([r for r in runs if r.data.tags.get("kdlab.role") == "study"]) == 1
+
+
+def test_a_baseline_left_running_by_a_dead_process_is_closed(write_config, kdlab_home):
+    from test_study import load_study, mlflow_runs
+
+    from kdlab.study.runner import StudyOptions, run_study
+    from kdlab.tracking import Tracker
+
+    path = write_config(study_config(n_trials=1, baseline=False), "orphan.yaml")
+    run_study(str(path), StudyOptions(quiet=True))
+    parent = load_study(kdlab_home, "orphan").user_attrs["mlflow_parent_run_id"]
+    tracker = Tracker(f"sqlite:///{kdlab_home / 'mlflow.db'}", "orphan")
+    left = tracker.start("baseline-ce", tags={"kdlab.role": "baseline"}, parent_run_id=parent)  # its process died
+    path = write_config(study_config(n_trials=1, baseline=True), "orphan.yaml")
+    run_study(str(path), StudyOptions(quiet=True))
+    _, runs = mlflow_runs(kdlab_home, "orphan")
+    baselines = {r.info.run_id: r for r in runs if r.data.tags.get("kdlab.role") == "baseline"}
+    assert len(baselines) == 2 and baselines[left.run_id].info.status == "FAILED"
+    assert [r.info.status for k, r in baselines.items() if k != left.run_id] == ["FINISHED"]

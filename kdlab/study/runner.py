@@ -112,6 +112,14 @@ def _baseline(lstudy: LoadedStudy, study, parent, device: str, session) -> None:
     from kdlab.modes import run
 
     loaded = lstudy.loaded
+    tracker = session.tracker(loaded)
+    if tracker is not None:
+        # a baseline run left RUNNING: its process died holding the baseline's lock, which this one holds now
+        for left in tracker.search_runs(f"tags.mlflow.parentRunId = '{parent.run_id}' and "
+                                        "tags.kdlab.role = 'baseline' and attributes.status = 'RUNNING'"):
+            orphan = tracker.run(left.info.run_id)
+            orphan.set_tags({"kdlab.fail_reason": "its process died; trained again by another process"})
+            orphan.end("FAILED")
     base = load_config(loaded.source, registry=loaded.registry,
                        overrides={**lstudy.overrides, "loss.name": "ce", "loss.params": {}})
     result = run(base, RunOptions(role="baseline", parent_run_id=parent.run_id, run_name="baseline-ce",
