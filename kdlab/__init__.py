@@ -32,12 +32,21 @@ _LAZY = {
     "ConfigError": "kdlab.errors",
     "PluginError": "kdlab.errors",
     "did_you_mean": "kdlab.suggest",
+    "Inputs": "kdlab.batch",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]
 
 
+#: submodules plugins use as ``kdlab.<name>`` without importing them first
+_SUBMODULES = ("batch", "functional")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"kdlab.{name}")
     if name in _LAZY:
         import importlib
 

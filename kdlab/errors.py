@@ -27,8 +27,16 @@ class Problem:
 
     def render(self) -> str:
         where = f"line {self.line}: " if self.line else ""
-        got = f" (got {self.value!r})" if self.has_value else ""
-        return f"{where}{self.key or '<top level>'}: {self.message}{got}"
+        got = f" (got {shorten(repr(self.value))})" if self.has_value else ""
+        return f"{where}{self.key or '<top level>'}: {shorten(self.message, 1000)}{got}"
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out: error messages stay readable
+    whatever a user's value or an exception's message holds."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class ConfigError(KdlabError):
@@ -56,6 +64,11 @@ class TrainingError(KdlabError):
 
 class NonFiniteLoss(TrainingError):
     """The loss became NaN or infinite during training."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (what schedulers and container runtimes send): handled exactly like Ctrl-C (runs end
+    ``KILLED``, running trials are recorded as interrupted), and the command exits with 143."""
 
 
 class Pruned(Exception):

@@ -66,8 +66,9 @@ def kdlab_register_teachers(register: Register) -> None:
     **Arguments**
 
     * ``register(name, factory, params=None, description=None)`` — call once per architecture.
-      ``factory(params, *, input_shape, num_classes)`` returns a ``torch.nn.Module`` mapping a batch of shape
-      ``(N, *input_shape)`` to logits of shape ``(N, num_classes)``.
+      ``factory(params, *, input_shape, num_classes, metadata)`` (given the keywords it takes) returns a
+      ``torch.nn.Module`` mapping a batch of the data's inputs (a tensor of shape ``(N, *input_shape)``, or named
+      tensors as keyword arguments) to logits of shape ``(N, num_classes)``; ``metadata`` is ``Data.metadata``.
 
     **Returns** nothing; the return value is ignored.
 
@@ -89,7 +90,7 @@ def kdlab_register_students(register: Register) -> None:
     **Arguments**
 
     * ``register(name, factory, params=None, description=None)`` — as for :func:`kdlab_register_teachers`:
-      ``factory(params, *, input_shape, num_classes)`` returns a ``torch.nn.Module`` producing logits.
+      ``factory(params, *, input_shape, num_classes, metadata)`` returns a ``torch.nn.Module`` producing logits.
 
     **Returns** nothing; the return value is ignored.
 

@@ -20,7 +20,7 @@ from typing import Any
 from kdlab.errors import Pruned
 from kdlab.observers.tracking import TrackingObserver
 from kdlab.plugins import get_plugins
-from kdlab.tracking import FAILED, FINISHED, KILLED, TrackedRun, Tracker
+from kdlab.tracking import FAILED, FINISHED, KILLED, NOTE, TrackedRun, Tracker
 from kdlab.types import RunInfo
 
 
@@ -50,6 +50,10 @@ class LiveRun:
         self.tracked = tracked
         self.metrics: dict[str, float] = {}
         self.final_step = 0
+        #: the logged model the final metrics belong to (set by the body after logging it), and the data they were
+        #: measured on (``(name, digest)`` of the run's dataset input)
+        self.model_id: str | None = None
+        self.dataset: tuple[str, str] | None = None
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """An epoch has ended: every observer gets ``kdlab_epoch_end`` (the training loop's one callback)."""
@@ -75,7 +79,8 @@ def tracked_run(info: RunInfo, *, tracker: Tracker | None, tags: dict[str, str] 
         tracked.log_params(params or {}, defer=True)  # sent with the first metrics: one transaction less
         info.run_id = tracked.run_id
     live = LiveRun(info, tracked)
-    watchers = [*([TrackingObserver(info, tracked)] if tracked else []), *observers]
+    watchers = [*([TrackingObserver(info, tracked, description=(tags or {}).get(NOTE))] if tracked else []),
+                *observers]
     plugins = get_plugins()
     names = [plugins.add_observer(w) for w in watchers]
     status, reason = FAILED, None
@@ -94,7 +99,7 @@ def tracked_run(info: RunInfo, *, tracker: Tracker | None, tags: dict[str, str] 
         finally:
             for w in watchers:
                 if isinstance(w, TrackingObserver):
-                    w.reason, w.final_step = reason, live.final_step
+                    w.reason, w.final_step, w.model_id, w.dataset = reason, live.final_step, live.model_id, live.dataset
             plugins.hook.kdlab_run_end(run=info, metrics=live.metrics, status=status)
     finally:
         for name in names:

@@ -14,10 +14,14 @@ def home() -> Path:
     return Path(os.environ.get(ENV_HOME, "kdlab-runs")).resolve()
 
 
+def cache_base() -> Path:
+    """The kdlab cache: ``KDLAB_CACHE_DIR``, default ``$KDLAB_HOME/cache``."""
+    return Path(os.environ[ENV_CACHE]).resolve() if os.environ.get(ENV_CACHE) else home() / "cache"
+
+
 def cache_dir(*parts: str) -> Path:
-    """A folder under the kdlab cache (``KDLAB_CACHE_DIR``, default ``$KDLAB_HOME/cache``), created if missing."""
-    base = Path(os.environ[ENV_CACHE]).resolve() if os.environ.get(ENV_CACHE) else home() / "cache"
-    path = base.joinpath(*parts)
+    """A folder under the kdlab cache (:func:`cache_base`), created if missing."""
+    path = cache_base().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -11,21 +11,22 @@ from typing import Any
 import torch
 
 from kdlab.config import LoadedConfig
-from kdlab.errors import KdlabError
-from kdlab.files import digest
+from kdlab.contracts import check_data
+from kdlab.errors import PluginError
+from kdlab.files import code_digest, digest
 from kdlab.tracking import Tracker
 from kdlab.types import Data
 
 #: bumped when the meaning of cached data, teachers or teacher outputs changes
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def data_fingerprint(loaded: LoadedConfig) -> str:
-    """The data's identity: its component, params, seed and the plugin's distribution and version."""
+    """The data's identity: its component, params, seed and the plugin's distribution, version and code."""
     comp = loaded.components["data"]
     cfg = loaded.config.data
     return digest({"v": CACHE_VERSION, "name": cfg.name, "params": cfg.params, "seed": cfg.seed,
-                   "plugin": comp.distribution, "version": comp.version})
+                   "plugin": comp.distribution, "version": comp.version, "code": code_digest(comp.factory)})
 
 
 class Session:
@@ -35,6 +36,8 @@ class Session:
         self.data: dict[str, Data] = {}
         self.teachers: dict[str, Any] = {}  # fingerprint -> kdlab.teachers.Teacher
         self.outputs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        #: the teacher's cached augmented views of the training rows (teacher.mode: views), by key and device
+        self.views: dict[tuple[str, str], Any] = {}
         self.trackers: dict[tuple[str | None, str], Tracker] = {}
         #: training rows (train + transfer, with the teacher's logits) on a device, built once and shared by runs
         self.train_sets: dict[tuple, Any] = {}
@@ -50,8 +53,9 @@ class Session:
             comp = loaded.components["data"]
             data = comp.build(loaded.params["data"], seed=loaded.config.data.seed)
             if not isinstance(data, Data):
-                raise KdlabError(f"data {comp.name!r} from {comp.origin} returned {type(data).__name__}, "
-                                 "expected kdlab.Data")
+                raise PluginError(f"data {comp.name!r} from {comp.origin} returned {type(data).__name__}, "
+                                  "expected kdlab.Data")
+            check_data(data, comp)
             self.data[fp] = data
         return self.data[fp]
 

@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kdlab.metrics import COSTS as COST_NOTES
 from kdlab.metrics import EPOCH as EPOCH_NOTES
 from kdlab.metrics import FINAL as FINAL_NOTES
+from kdlab.metrics import STEPS
+from kdlab.metrics import STUDY as STUDY_NOTES
 from kdlab.schema import FieldDoc, describe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +28,9 @@ DOC = ROOT / "docs" / "config.md"
 NOTES: dict[str, str] = {
     "data": "the data source: a registered data component and its params",
     "data.name": "data component, e.g. `digits`, `mnist1d`, `cifar10`, `imagefolder` (`kdlab plugins` lists them)",
+    "data.augment": "augmentation of training batches: a list of ops applied in order, each `{op: NAME, ...}` "
+                    "([below](#augmentation-ops-dataaugment); [images.md](images.md)); empty: none",
+    "data.loader": "how streamed splits are read (a DataLoader); in-memory splits do not use it",
     "teacher": "the teacher: trained by kdlab (once, then reused), or loaded from `checkpoint` or `mlflow_uri`; "
                "leave it out for a loss that needs no teacher (`ce`)",
     "teacher.name": "teacher architecture, e.g. `mlp`, `cnn2d`, `resnet20`, `torchvision` ([models.md](models.md))",
@@ -48,7 +54,8 @@ NOTES: dict[str, str] = {
     "training.batch_size": "student training batch size (rows of train + transfer per step)",
     "training.seed": "seed of the student's initialisation and batch order; the same seed gives the same "
                      "metrics on CPU",
-    "training.precision": "bf16 runs forward passes under bfloat16 autocast",
+    "training.precision": "fp32; bf16: forward passes under bfloat16 autocast; fp16: float16 autocast and a "
+                          "gradient scaler (CUDA; runs on the CPU too)",
     "training.eval_batch_size": "batch size of evaluation and of computing teacher outputs",
     "tracking": "MLflow tracking",
     "tracking.enabled": "record the run in MLflow (`kdlab run --no-track` sets false)",
@@ -57,6 +64,8 @@ NOTES: dict[str, str] = {
     "study": "a study's search space, objectives, sampler, pruner, budget, storage and devices: see "
              "[studies.md](studies.md); `kdlab run` ignores it",
 }
+#: types shown instead of the schema's, by key
+TYPES = {"data.augment": "list of ops"}
 #: sections that reuse another section's model, documented by the same notes
 ALIASES = {"teacher.training.optimizer.": "optimizer."}
 PARAMS_NOTE = "the component's params, validated by the params model its plugin registered"
@@ -98,7 +107,7 @@ def rows(fields: list[FieldDoc], prefix: str = "", notes: dict[str, str] | None 
         meaning = notes.get(key) or f.description or notes.get(alias, "")
         if f.name == "params" and not meaning:
             meaning = PARAMS_NOTE
-        typ = ("section" if f.is_section else f.type.replace("|", "\\|")) + (
+        typ = ("section" if f.is_section else TYPES.get(key, f.type).replace("|", "\\|")) + (
             f" ({f.constraints})" if f.constraints else "")
         out.append((f"`{key}`", typ, default_text(f), meaning))
         if f.children and prefix.count(".") < 4:
@@ -118,12 +127,15 @@ def first_party_components() -> list[Any]:
 
     import kdlab_data.plugin
     import kdlab_models.plugin
+    import kdlab_text.plugin  # imports neither transformers, tokenizers nor datasets
     from kdlab.registry import Registry
 
     reg = Registry()
     kdlab_data.plugin.kdlab_register_data(reg.registrar("data", "kdlab-data"))
+    kdlab_text.plugin.kdlab_register_data(reg.registrar("data", "kdlab-text"))
     kdlab_models.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-models"))
     kdlab_vision.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-vision"))
+    kdlab_text.plugin.kdlab_register_teachers(reg.registrar("teacher", "kdlab-text"))
     return reg.all("data") + reg.all("teacher")
 
 
@@ -150,6 +162,28 @@ def epoch_metric_names() -> list[str]:
     return ["train_<term>" if k == "train_ce" else k for k in result.history[0]]
 
 
+def augment_ops() -> list[str]:
+    """A table per op of ``data.augment``, from the op models of kdlab/config/models.py."""
+    import typing
+
+    from kdlab.config import AugmentOp
+
+    union = typing.get_args(AugmentOp)[0]
+    lines = ["### Augmentation ops (`data.augment`)", "",
+             "Each item of `data.augment` is one op, picked by its `op` key, with the keys below; the ops apply in",
+             "order to floating-point inputs with spatial dimensions (images, signals; integer inputs pass through),",
+             "each example with its own seeded choice. `normalize` also applies to evaluation data; `mixup` and",
+             "`cutmix` come last. [images.md](images.md) explains the recipes and the teacher under augmentation.",
+             ""]
+    for model in typing.get_args(union):
+        fields = [f for f in describe(model) if f.name != "op"]
+        name = model.model_fields["op"].annotation.__args__[0]
+        lines += [f"#### `{name}`", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+        body = rows(fields, "", notes={})
+        lines += (table(("key", "type", "default", "meaning"), body) if body else ["No keys."]) + [""]
+    return lines
+
+
 def render() -> str:
     from kdlab.config import RunConfig
 
@@ -164,6 +198,11 @@ def render() -> str:
         "key, the value and what was expected. Any key can be overridden on the command line with",
         "`--set KEY=VALUE` (the value is read as YAML: `--set loss.params.temperature=2`,",
         "`--set student.params.hidden=[64,32]`). Unknown keys are errors.",
+        "",
+        "Limits ([faults.md](faults.md)): a file is UTF-8 text of at most 1 MiB, nested at most 64 levels deep,",
+        "whose YAML aliases expand to at most 100000 values; numbers are finite (`.inf` and `.nan` are errors) and",
+        "`true`/`false` are not numbers; seeds are in `[0, 2**32 - 1]`; a loss that distils from a teacher",
+        "needs a `teacher:` section.",
         "",
         "The components `data`, `teacher`, `student` and `loss` are each `{name, params}`: `name` picks a",
         "registered component and `params` is validated by the params model its plugin registered",
@@ -203,6 +242,7 @@ def render() -> str:
         lines += [f"{meaning[0].upper() + meaning[1:] if meaning else name} ({req}).", ""]
         if f.children:
             lines += table(header, rows(f.children, f"{name}.")) + [""]
+    lines += augment_ops()
     lines += ["## Component params", "",
               "Params of the first-party data sources (`data.params`) and architectures (`teacher.params`,",
               "`student.params`: every architecture serves as teacher and as student; [models.md](models.md)",
@@ -220,13 +260,30 @@ def render() -> str:
         "",
         "Metric names are public interface: studies optimise them and the MLflow UI shows them.",
         "",
+        STEPS,
+        "",
+        "Accuracies are exact: a count of hits over a count of examples, logged as the nearest double (941 of",
+        "1000 reads 0.941).",
+        "",
         "### Final metrics of a run",
         "",
         "Logged once at the end of a student run (those without a teacher omit the teacher metrics;",
-        "a `student.init` run adds `init_loaded_tensors` and `frozen_params`).",
+        "a `student.init` run adds `init_loaded_tensors` and `frozen_params`). With `tracking.log_model` they",
+        "are also the metrics of the run's logged model (its page in the UI), measured on the run's dataset input.",
         "",
     ]
     lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in FINAL_NOTES.items()]) + [""]
+    from kdlab import metrics
+
+    lines += ["Run modes add their own final metrics: `continual:` (besides `task<k>_accuracy`), `assistant:` and",
+              "`born_again:`.", ""]
+    modes = {**metrics.CONTINUAL, **metrics.ASSISTANT, **metrics.BORN_AGAIN}
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in modes.items()]) + [""]
+    lines += ["### What the models cost", "",
+              "Final metrics too, measured at the end of each student run on the run's device (the teacher once per",
+              "process and device); a study may optimise `student_flops`, `flops_compression_ratio` and the",
+              "latencies, e.g. beside `val_accuracy` to find the smallest student that keeps its accuracy.", ""]
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in COST_NOTES.items()]) + [""]
     epoch = epoch_metric_names()
     missing = [m for m in epoch if m not in EPOCH_NOTES]
     if missing:
@@ -245,8 +302,17 @@ def render() -> str:
         "",
         "A teacher trained by kdlab is its own MLflow run (tag `kdlab.role: teacher`) with the per-epoch metrics",
         "above and `teacher_test_accuracy` (also as `test_accuracy`), `teacher_val_accuracy`, `teacher_params`,",
-        "`train_time_s` and `best_epoch`. A student run links to it with the tag `kdlab.teacher_run_id`.",
+        "`teacher_flops`, `teacher_latency_ms`, `teacher_batch_latency_ms`, `train_time_s`, `best_epoch`,",
+        "`best_val_accuracy` and `best_val_loss`. A student run links to it with the tag `kdlab.teacher_run_id`; the",
+        "teacher's run names the studies that used it (tag `kdlab.used_by_studies`, and its description).",
         "",
+        "### Study runs",
+        "",
+        "The parent run `study-<name>` of a study ([studies.md](studies.md)):",
+        "",
+    ]
+    lines += table(("metric", "meaning"), [(f"`{m}`", meaning) for m, meaning in STUDY_NOTES.items()]) + [""]
+    lines += [
         "## Environment",
         "",
     ]

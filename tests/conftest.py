@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 #: Tests load kdlab's own plugins by name, never whatever else happens to be installed; a test that needs another
 #: plugin registers it itself (the `kdlab_plugins` fixture of kdlab.testing unregisters it afterwards).
-FIRST_PARTY = "kdlab-data,kdlab-models,kdlab-losses,kdlab-vision"
+FIRST_PARTY = "kdlab-data,kdlab-models,kdlab-losses,kdlab-vision,kdlab-text"
 os.environ["KDLAB_PLUGINS"] = FIRST_PARTY
 os.environ.pop("KDLAB_DISABLE_PLUGINS", None)
 

@@ -39,12 +39,24 @@ def bench_env(shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
     return common
 
 
-@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup"])
+@pytest.mark.parametrize("name", ["overhead", "profile_trial", "switches", "startup", "stacking", "images", "views",
+                                  "zoo_kd"])
 def test_quick_run(name: str, bench_env, capsys: pytest.CaptureFixture):
     assert _load(name).main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "| side |" in out or "| phase" in out or "| switch |" in out or "| command |" in out
+    assert any(head in out for head in ("| side |", "| phase", "| switch |", "| command |", "| batch |",
+                                        "| teacher |", "| recipe |"))
     assert "Machine:" in out
+
+
+def test_memory_parts(bench_env, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The memory benchmark's child run (one per data size and form, in its own process there) on a tiny folder."""
+    bench = _load("memory")
+    images = _load("images")
+    root = images.make_images(tmp_path / "images", 10, 3, 32)
+    bench.child(str(root), True)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["peak_mib"] > 0 and 0 <= out["test_accuracy"] <= 1
 
 
 def test_study_speed_parts(bench_env, tmp_path: Path):
@@ -92,3 +104,38 @@ def test_storage_parts(bench_env, tmp_path):
 
     lstudy = load_study_config(load_config(bench.write_study(tmp_path, 4, 2, "smoke")))
     assert lstudy.study.n_trials == 4 and lstudy.name == "smoke"
+
+
+def test_loss_speed_quick(bench_env, capsys: pytest.CaptureFixture):
+    assert _load("loss_speed").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | s / epoch | vs kd |" in out and "| `rkd (before)` |" in out and "Machine:" in out
+
+
+def test_text_parts(bench_env, write_config):
+    """benchmarks/text.py: its three study files validate, the tuned configs carry a study's best params, the
+    order-free ceiling is computed, and the report renders (the studies themselves run in `--quick`, by hand)."""
+    bench = _load("text")
+    from kdlab_test_helpers import load_config
+
+    base = bench.base_config(quick=True)
+    for method in ("kd", "ce", "aux"):
+        cfg = bench.study_config(method, base, trials=2)
+        assert cfg["study"]["name"] == f"text-{method}" and cfg["loss"]["name"] == method
+        load_config(write_config(cfg, f"text-{method}.yaml"))
+    best = {"optimizer.lr": 0.004, "loss.params.temperature": 3.0}
+    tuned = bench.tuned("aux", base, best)
+    assert tuned["optimizer"]["lr"] == 0.004 and tuned["loss"]["params"]["temperature"] == 3.0
+    assert tuned["loss"]["params"]["aux"] == bench.AUX_MODEL and "study" not in tuned
+    ceiling = bench.order_free_ceiling(base["data"]["params"], n=3000)
+    assert 0.7 < ceiling < 0.9  # word order decides the rest
+    run = {"test_accuracy": 0.8, "val_accuracy": 0.8, "agreement": 0.8}
+    study = {"trials": 2, "states": {"COMPLETE": 2}, "best_params": best, "best_val_accuracy": 0.8, "wall_s": 1.0,
+             "worker_start": "fork"}
+    text = bench.report({"studies": {m: study for m in ("kd", "ce", "aux")},
+                         "runs": {m: [run, run] for m in bench.ROWS}, "teacher_test_accuracy": 0.97,
+                         "teacher_params": 1000.0, "order_free_ceiling": ceiling, "ceiling_reviews": 3000,
+                         "seeds": [0, 1], "wall_s": 60.0, "machine": "test", "config": base, "quick": True,
+                         "argv": ["--quick"]})
+    assert "| `kd` |" in text and "| `kd, no transfer split` |" in text and "gap to teacher" in text
+    assert "Machine: test" in text

@@ -41,6 +41,19 @@ def _cifar_files(folder: Path) -> dict[str, Any]:
     return {"root": str(root), "val_size": 20}
 
 
+def _cifar100_files(folder: Path) -> dict[str, Any]:
+    """Tiny files laid out as CIFAR-100's python version (train, test: fine and coarse labels)."""
+    root = folder / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 60), ("test", 20)):
+        fine = [i % 100 for i in range(n)]
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine,
+                 b"coarse_labels": [f // 5 for f in fine]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return {"root": str(root), "val_size": 10}
+
+
 def _image_folder(folder: Path) -> dict[str, Any]:
     from PIL import Image
 
@@ -57,6 +70,7 @@ def _image_folder(folder: Path) -> dict[str, Any]:
 EXAMPLES: dict[tuple[str, str], dict[str, Any] | Callable[[Path], dict[str, Any]]] = {
     ("data", "mnist1d"): {"num_samples": 1000, "val_size": 100},
     ("data", "cifar10"): _cifar_files,
+    ("data", "cifar100"): _cifar100_files,
     ("data", "imagefolder"): _image_folder,
 }
 #: input shapes an architecture accepts

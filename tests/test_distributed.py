@@ -349,9 +349,11 @@ def test_two_machines_join_one_study(tmp_path, postgres_url, mlflow_server):
     fp = teacher.data.tags["kdlab.teacher_fingerprint"]
     meta = json.loads((homes[1] / "cache" / "teachers" / fp / "meta.json").read_text())
     assert meta["run_id"] == teacher.info.run_id and meta["tracking_uri"] == mlflow_server.uri
+    # the outputs with their checksum file, as the local cache keeps them (a damaged download is computed again)
     assert (homes[1] / "cache" / "outputs" / f"{fp}.pt").exists()
+    assert json.loads((homes[1] / "cache" / "outputs" / f"{fp}.json").read_text())["teacher"] == fp
     arts = {a.path for a in client.list_artifacts(teacher.info.run_id, "teacher_outputs")}
-    assert arts == {f"teacher_outputs/{fp}.pt"}
+    assert arts == {f"teacher_outputs/{fp}.pt", f"teacher_outputs/{fp}.json"}
     # `kdlab study status` reads the progress of both machines from the storage
     status = subprocess.run([sys.executable, "-m", "kdlab", "study", "status", str(path), "--storage", postgres_url],
                             capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
@@ -418,3 +420,42 @@ def test_a_baseline_left_running_by_a_dead_process_is_closed(write_config, kdlab
     baselines = {r.info.run_id: r for r in runs if r.data.tags.get("kdlab.role") == "baseline"}
     assert len(baselines) == 2 and baselines[left.run_id].info.status == "FAILED"
     assert [r.info.status for k, r in baselines.items() if k != left.run_id] == ["FINISHED"]
+
+
+def test_server_proxied_artifacts_are_the_servers_beside_a_local_store(tmp_path, mlflow_server):
+    """kdlab resolves `mlflow-artifacts:` URIs of a SQLite store to the folder beside it (kdlab/store.py), but never
+    takes over a server's proxied artifacts (`mlflow server --serve-artifacts`): a run's artifacts on the server are
+    read through it while this process's default tracking URI is a SQLite store, and an artifact URI that names a
+    server (`mlflow-artifacts://HOST:PORT/...`) is never looked for beside a SQLite file."""
+    from urllib.parse import urlparse
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from kdlab.tracking import Tracker
+
+    served = Tracker(mlflow_server.uri, "proxied")
+    run = served.start("one")
+    note = tmp_path / "note.txt"
+    note.write_text("kept by the server")
+    run.log_artifact(note, "notes")
+    run.end("FINISHED")
+    artifact_uri = served.run_info(run.run_id).info.artifact_uri
+    assert artifact_uri.startswith("mlflow-artifacts:")
+    local_uri = f"sqlite:///{tmp_path / 'kdlab-runs' / 'mlflow.db'}"
+    Tracker(local_uri, "local")  # sets this process's default tracking URI
+    assert mlflow.get_tracking_uri() == local_uri
+    assert isinstance(get_artifact_repository("mlflow-artifacts:/1", tracking_uri=local_uri), LocalArtifactRepository)
+    # the server's copy, by the server's URI and by an artifact URI that names the server
+    assert served.download(run.run_id, "notes/note.txt").read_text() == "kept by the server"
+    named = f"mlflow-artifacts://127.0.0.1:{mlflow_server.port}{urlparse(artifact_uri).path}"
+    (tmp_path / "dl").mkdir()
+    got = get_artifact_repository(named, tracking_uri=mlflow_server.uri).download_artifacts(
+        "notes/note.txt", dst_path=str(tmp_path / "dl"))
+    assert Path(got).read_text() == "kept by the server"
+    # a URI naming a server, asked under the SQLite store: MLflow's own error, never the folder beside the file
+    with pytest.raises(MlflowException, match="tracking URI must be a valid http"):
+        get_artifact_repository(named)
+    assert not (tmp_path / "kdlab-runs" / "artifacts").exists()

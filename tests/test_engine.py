@@ -119,7 +119,15 @@ def test_log_model_logs_the_student_with_a_signature(write_config, kdlab_home, t
     assert logged.name == "student" and logged.source_run_id == student.info.run_id
     # filed under the run's experiment and KDLAB_HOME, not MLflow's Default experiment in ./mlruns
     assert logged.experiment_id == student.info.experiment_id
-    assert str(kdlab_home) in logged.artifact_location and not (tmp_path / "mlruns").exists()
+    assert logged.artifact_location.startswith("mlflow-artifacts:/") and not (tmp_path / "mlruns").exists()
+    assert (kdlab_home / "artifacts" / "models" / logged.model_id / "artifacts" / "MLmodel").exists()
+    # the run's final metrics are the model's, measured on the run's dataset input
+    model_metrics = {m.key: m for m in logged.metrics}
+    assert model_metrics["test_accuracy"].value == student.data.metrics["test_accuracy"]
+    assert {"best_val_accuracy", "student_flops", "agreement"} <= set(model_metrics)
+    (ds,) = student.inputs.dataset_inputs
+    assert model_metrics["test_accuracy"].dataset_name == ds.dataset.name == "digits"
+    assert model_metrics["test_accuracy"].dataset_digest == ds.dataset.digest
     mlflow.set_tracking_uri(default_tracking_uri())
     info = mlflow.models.get_model_info(f"models:/{outputs[0].model_id}")
     assert info.signature is not None
@@ -191,14 +199,17 @@ def test_teacher_from_a_checkpoint(write_config, tmp_path):
     state = _teacher_state([64])
     path = tmp_path / "teacher.pt"
     torch.save(state, path)
-    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path)})
+    # an untrained teacher is at chance: allowed here with a warning on the run (docs/faults.md)
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "teacher.on_chance_accuracy": "warn"})
     _kdlab_run(write_config, cfg)
     assert _runs("teacher") == []  # loaded, not trained
     (student,) = _runs("student")
     assert student.data.tags["kdlab.teacher_source"] == "checkpoint"
+    assert "no better than chance" in student.data.tags["kdlab.teacher_warning"]
     assert student.data.metrics["teacher_params"] == sum(v.numel() for v in state.values())
     # the loaded weights are the ones used: the teacher's accuracy is that of the untrained model
-    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False,
+                                "teacher.on_chance_accuracy": "warn"})
     result = run(_load(write_config, cfg))
     for k, v in state.items():
         assert torch.equal(result.teacher.model.state_dict()[k].cpu(), v)
@@ -207,7 +218,8 @@ def test_teacher_from_a_checkpoint(write_config, tmp_path):
 def test_checkpoint_wrapped_in_a_state_dict_key(write_config, tmp_path):
     path = tmp_path / "wrapped.pt"
     torch.save({"state_dict": _teacher_state([64])}, path)
-    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False})
+    cfg = tiny_digits_config(**{"teacher.checkpoint": str(path), "tracking.enabled": False,
+                                "teacher.on_chance_accuracy": "warn"})
     result = run(_load(write_config, cfg))
     assert result.teacher.source == "checkpoint"
 
@@ -363,7 +375,9 @@ class _NaN(kdlab.Loss):
         super().__init__()
 
     def forward(self, inputs):
-        total = inputs.student_logits.sum() * float("nan")
+        # finite on the first batch (a NaN there is a broken loss, checked apart: docs/faults.md), NaN after
+        self.calls = getattr(self, "calls", 0) + 1
+        total = inputs.student_logits.sum() * (float("nan") if self.calls > 1 else 0.0)
         return kdlab.LossOutput(total, {"nan": total})
 
 
@@ -400,6 +414,9 @@ def test_teacher_outputs_are_computed_once_and_cached(write_config, monkeypatch)
         return teacher
 
     monkeypatch.setattr(distill, "get_teacher", counting_get_teacher)
+    # measuring what the teacher costs runs it on purpose (once per session and device): not counted here
+    real_costs = distill.model_costs
+    monkeypatch.setattr(distill, "model_costs", lambda m, x, role: {} if role == "teacher" else real_costs(m, x, role))
     second = run(_load(write_config, cfg))  # a new session: teacher and its outputs come from the disk cache
     assert second.teacher.source == "cache"
     assert calls == []  # not once: not per step, not per epoch, not for the metrics

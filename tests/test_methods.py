@@ -391,8 +391,14 @@ def test_methods_doc_matches_the_generator():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     components = [c for c in get_registry().all("loss") if c.plugin == "kdlab-losses"]
-    assert (root / "docs" / "methods.md").read_text() == gen.render(components), (
+    text = (root / "docs" / "methods.md").read_text()
+    assert text == gen.render(components), (
         "docs/methods.md is stale: run .venv/bin/python scripts/gen_methods_doc.py > docs/methods.md")
+    for c in components:  # every method has its section, its paper and, where it declares one, its search space
+        section = text.split(f"\n## {c.name}\n", 1)[1].split("\n## ", 1)[0]
+        assert c.name == "ce" or f"Paper: {c.extra['paper']}." in section
+        for key in c.extra["search_space"]:
+            assert f"`{key}` " in section.split("Search space", 1)[1].split("\n", 1)[0], (c.name, key)
 
 
 def test_methods_study_file_is_valid():

@@ -161,7 +161,8 @@ def test_entry_point_that_fails_to_import_is_skipped_named_and_listed(tmp_path, 
 
 def test_kdlab_plugins_shows_the_broken_plugin(tmp_path, all_installed_plugins):
     write_distribution(tmp_path, "kdlab-broken", "0.0.1", {"broken": "kdlab_broken_plugin"}, BROKEN)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "KDLAB_DISABLE_PLUGINS": "kdlab-data,kdlab-losses,kdlab-vision"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path),
+           "KDLAB_DISABLE_PLUGINS": "kdlab-data,kdlab-losses,kdlab-vision,kdlab-text"}
     proc = subprocess.run([sys.executable, "-m", "kdlab", "plugins", "--json"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -135,7 +135,7 @@ def test_kdlab_plugins_imports_neither_mlflow_nor_optuna():
     ({"KDLAB_PLUGINS": "kdlab-losses"}, ["kdlab-losses"]),
     ({"KDLAB_PLUGINS": " kdlab-data , kdlab-models "}, ["kdlab-data", "kdlab-models"]),
     ({"KDLAB_PLUGINS": ""}, []),
-    ({"KDLAB_DISABLE_PLUGINS": "kdlab-losses,kdlab-data,kdlab-vision"}, ["kdlab-models"]),
+    ({"KDLAB_DISABLE_PLUGINS": "kdlab-losses,kdlab-data,kdlab-vision,kdlab-text"}, ["kdlab-models"]),
     ({"KDLAB_PLUGINS": "kdlab-data,kdlab-losses", "KDLAB_DISABLE_PLUGINS": "kdlab-data"}, ["kdlab-losses"]),
 ])
 def test_environment_chooses_installed_plugins(monkeypatch, env, expected):

@@ -259,10 +259,11 @@ def test_empty_kdlab_plugins_loads_none(monkeypatch):
 
 def test_kdlab_disable_plugins(monkeypatch):
     monkeypatch.delenv("KDLAB_PLUGINS", raising=False)
-    monkeypatch.setenv("KDLAB_DISABLE_PLUGINS", "kdlab-models,kdlab-vision")
+    monkeypatch.setenv("KDLAB_DISABLE_PLUGINS", "kdlab-models,kdlab-vision,kdlab-text")
     p = Plugins()
     p.load_entry_points()
-    assert not {"kdlab-models", "kdlab-vision"} & set(p.info) and {"kdlab-data", "kdlab-losses"} <= set(p.info)
+    assert not {"kdlab-models", "kdlab-vision", "kdlab-text"} & set(p.info)
+    assert {"kdlab-data", "kdlab-losses"} <= set(p.info)
     with pytest.raises(UnknownComponent) as info:
         p.registry.get("student", "mlp")
     assert "none are installed" in str(info.value)

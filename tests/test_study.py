@@ -105,6 +105,54 @@ def test_conditional_space_samples_only_the_chosen_losses_params(write_config):
     assert seen == {"kd", "ce"}
 
 
+@pytest.mark.parametrize("declared", [True, False])
+def test_searching_the_loss_also_searches_its_declared_space(write_config, declared):
+    """A loss chosen by the search gets the space its plugin declares for the params the file does not search
+    (dkd's beta, ls's epsilon); the file's own dimensions keep their ranges."""
+    cfg = study_config(declared_space=declared, search={
+        "loss.name": {"type": "categorical", "choices": ["dkd", "ls"]},
+        "loss.params.temperature": {"type": "float", "low": 2.0, "high": 3.0},
+    })
+    lstudy = load_study_config(load_config(write_config(cfg)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(10):
+        trial = study.ask()
+        chosen = sample(lstudy, trial)
+        seen[chosen["loss.name"]] = set(chosen)
+        if chosen["loss.name"] == "dkd":
+            assert 2.0 <= chosen["loss.params.temperature"] <= 3.0  # the file's range, not dkd's declared 1-8
+            if declared:
+                assert 1.0 <= chosen["loss.params.beta"] <= 10.0 and 0.5 <= chosen["loss.params.alpha"] <= 2.0
+        load_config(lstudy.loaded.source, overrides=trial_overrides(lstudy, chosen))
+        study.tell(trial, 0.5)
+    if declared:
+        assert seen == {"dkd": {"loss.name", "loss.params.temperature", "loss.params.alpha", "loss.params.beta"},
+                        "ls": {"loss.name", "loss.params.epsilon"}}
+    else:
+        assert seen == {"dkd": {"loss.name", "loss.params.temperature"}, "ls": {"loss.name"}}
+
+
+def test_a_plugins_invalid_declared_space_is_named_at_validation(plugins, write_config):
+    from pydantic import BaseModel
+
+    from kdlab.errors import PluginError
+
+    class P(BaseModel):
+        w: float = 1.0
+
+    class BadSpace:
+        @kdlab.hookimpl
+        def kdlab_register_losses(self, register):
+            register("badspace", lambda p: None, P, search_space={"w": {"type": "float", "low": 2, "high": 1}})
+
+    plugins.register(BadSpace(), "test-badspace")
+    cfg = study_config(search={"loss.name": {"type": "categorical", "choices": ["kd", "badspace"]}})
+    with pytest.raises(PluginError, match=r"loss 'badspace' from plugin 'test-badspace' declares a search space "
+                                          r"entry 'w'"):
+        load_study_config(load_config(write_config(cfg)))
+
+
 def test_loss_param_that_no_searched_loss_has_is_an_error(write_config):
     cfg = study_config(search={"loss.name": {"type": "categorical", "choices": ["kd", "ce"]},
                                "loss.params.gamma": {"type": "float", "low": 1.0, "high": 2.0}})
@@ -155,7 +203,7 @@ def test_tiny_study_mlflow_layout(write_config, kdlab_home):
         assert run.data.params["trial_number"] == str(t.number)
         assert float(run.data.params["loss.params.temperature"]) == pytest.approx(t.params["loss.params.temperature"])
         assert float(run.data.params["optimizer.lr"]) == pytest.approx(t.params["optimizer.lr"])
-        assert run.data.metrics["val_accuracy"] == pytest.approx(t.value)
+        assert run.data.metrics["best_val_accuracy"] == t.value  # exact: the kept weights are the best epoch's
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) >= 3  # one per epoch
     # the parent records the baseline, the best trial and the plots
     pm = parent.data.metrics
@@ -190,7 +238,9 @@ class _NaN(kdlab.Loss):
         super().__init__()
 
     def forward(self, inputs):
-        total = inputs.student_logits.sum() * float("nan")
+        # finite on the first batch (a NaN there is a broken loss, checked apart: docs/faults.md), NaN after
+        self.calls = getattr(self, "calls", 0) + 1
+        total = inputs.student_logits.sum() * (float("nan") if self.calls > 1 else 0.0)
         return kdlab.LossOutput(total, {"nan": total})
 
 

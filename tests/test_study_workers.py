@@ -144,7 +144,8 @@ def test_forked_workers_reuse_the_prepared_data_and_record_every_trial(tmp_path,
     assert parent.data.tags["kdlab.worker_start"] == "fork" and parent.info.status == "FINISHED"
     trials = [r for r in runs if r.data.tags.get("kdlab.role") == "trial"]
     assert sorted(r.info.run_name for r in trials) == [f"trial-{i}" for i in range(6)]
-    assert all(r.info.status == "FINISHED" and r.data.metrics["test_accuracy"] > 0.3 for r in trials)
+    # learned something (chance is 0.1); exact accuracies: a trial may score exactly 108/360 = 0.3
+    assert all(r.info.status == "FINISHED" and r.data.metrics["test_accuracy"] >= 0.3 for r in trials)
 
 
 def test_ctrl_c_stops_forked_workers_and_records_the_interrupted_trials(tmp_path, write_config, kdlab_home):

@@ -92,4 +92,83 @@ def test_runs_of_a_session_share_the_training_rows(write_config):
     shared = next(iter(session.train_sets.values()))
     data = next(iter(session.data.values()))
     assert shared.x.data_ptr() == data.train.x.data_ptr()  # no copy of the data, not even once
-    assert first.metrics == second.metrics | {"train_time_s": first.metrics["train_time_s"]}
+    timed = ("train_time_s", "student_latency_ms", "student_batch_latency_ms")  # measured, not computed
+    assert {k: v for k, v in first.metrics.items() if k not in timed} == \
+        {k: v for k, v in second.metrics.items() if k not in timed}
+
+
+# -- speed switches (training.precision, training.channels_last) ----------------------------------------------
+
+
+def _switch_config(**overrides) -> dict:
+    return tiny_digits_config(**{"teacher.name": "cnn2d", "teacher.params": {"channels": [8]},
+                                 "student.name": "cnn2d", "student.params": {"channels": [4]},
+                                 "tracking.enabled": False, **overrides})
+
+
+@pytest.mark.parametrize("switches", [{"training.precision": "bf16"}, {"training.precision": "fp16"},
+                                      {"training.channels_last": True},
+                                      {"training.precision": "bf16", "training.channels_last": True,
+                                       "data.augment": [{"op": "random_crop", "padding": 1}]}],
+                         ids=["bf16", "fp16", "channels_last", "bf16-channels_last-augment"])
+def test_speed_switches_train_on_the_cpu(write_config, switches, monkeypatch):
+    from kdlab.modes import Session, run
+
+    scaled = []
+
+    class Recording(torch.amp.GradScaler):
+        def step(self, optimizer, *args, **kwargs):
+            scaled.append(optimizer)
+            return super().step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Recording)
+    result = run(load_config(write_config(_switch_config(**switches))), session=Session())
+    losses = [h["train_loss"] for h in result.fit.history]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert result.metrics["teacher_test_accuracy"] > 0.2  # above chance (0.1) after a few epochs
+    # fp16 scales its gradients (the teacher's training and the student's), and nothing else does
+    assert bool(scaled) == (switches.get("training.precision") == "fp16")
+
+
+def test_fp16_steps_read_nothing_back_from_the_device(monkeypatch):
+    """With a fused optimizer the grad scaler checks for infinities on the device: no ``.item()`` per step."""
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3))
+    reads = []
+    original = torch.Tensor.item
+
+    def item(self):
+        reads.append(1)
+        return original(self)
+
+    from kdlab.teachers.train import _LabelsOnly
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    fit(model, _LabelsOnly(), TrainSet(x, y), Split(x, y), optimizer=OptimizerConfig(lr=1e-3), epochs=2,
+        batch_size=8, seed=0, device=torch.device("cpu"), precision="fp16")
+    assert len(reads) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_speed_switches_on_cuda(write_config, precision):
+    from kdlab.modes import Session, run
+
+    cfg = _switch_config(**{"training.device": "cuda", "training.precision": precision,
+                            "training.channels_last": True, "training.compile": False,
+                            "data.augment": [{"op": "random_crop", "padding": 1}, {"op": "hflip"}]})
+    result = run(load_config(write_config(cfg)), session=Session())
+    assert result.metrics["teacher_test_accuracy"] > 0.3
+
+
+def test_multistep_schedule_decays_after_each_milestone():
+    from kdlab.training import build_scheduler
+
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = build_scheduler(opt, OptimizerConfig(name="sgd", lr=1.0, scheduler="multistep", milestones=[2, 4]), 6)
+    rates = []
+    for _ in range(6):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])

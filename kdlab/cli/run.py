@@ -28,11 +28,23 @@ def validate(args: argparse.Namespace) -> int:
         from kdlab.study.config import load_study_config
 
         load_study_config(loaded)
+    if loaded.config.compare is not None:
+        from kdlab.compare.config import load_compare_config
+        from kdlab.compare.runner import method_study
+        from kdlab.config import Source, dump_yaml
+        from kdlab.study.config import load_study_config
+
+        lc = load_compare_config(loaded)
+        for spec in lc.compare.specs():  # each method's study, as `kdlab compare` will write it
+            study_file = Source(f"{args.file} (compare method {spec.title})", dump_yaml(method_study(lc, spec)))
+            load_study_config(load_config(study_file, registry=loaded.registry))
     cfg = loaded.config
     parts = [f"data={cfg.data.name}", f"student={cfg.student.name}", f"loss={cfg.loss.name}"]
     if cfg.teacher:
         parts.insert(1, f"teacher={cfg.teacher.name}")
-    print(f"{args.file}: ok ({', '.join(parts)}{', with a study' if cfg.study is not None else ''})")
+    extra = ", with a study" if cfg.study is not None else ""
+    extra += f", comparing {len(cfg.compare.get('methods') or [])} methods" if cfg.compare is not None else ""
+    print(f"{args.file}: ok ({', '.join(parts)}{extra})")
     return 0
 
 
@@ -50,12 +62,16 @@ def run(args: argparse.Namespace) -> int:
     from kdlab.console import make_console, metrics_table, show_messages
     from kdlab.modes import Session, run
     from kdlab.observers.progress import ProgressObserver
+    from kdlab.store_checks import check_home
 
+    check_home()
     console = make_console()
     progress = ProgressObserver(console, enabled=False if args.quiet else None)
+    session = Session(observers=[progress])
+    session.tracker(loaded)  # the tracking store is checked and opened now, before any work
     if progress.enabled:
         show_messages(console)
-    result = run(loaded, session=Session(observers=[progress]))
+    result = run(loaded, session=session)
     rows = [(k, result.metrics[k]) for k in names.SHOWN if k in result.metrics]
     if not args.quiet:
         cfg = loaded.config

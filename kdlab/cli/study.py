@@ -30,20 +30,24 @@ def main(args: argparse.Namespace) -> int:
         raise KdlabError("usage: kdlab study FILE  (or: kdlab study show FILE, kdlab study status FILE)")
     summary = run_study(target[0], options, console=console)
     render_summary(summary, console)
-    return 130 if summary.get("interrupted") else 0
+    return {"SIGTERM": 143, "SIGINT": 130}.get(summary.get("interrupted") or "", 0)
 
 
 def _open(path: str, options):
     import optuna
 
+    from kdlab import store_checks as stores
     from kdlab.study.runner import load, storage_url
     from kdlab.study.storage import make_storage
 
     lstudy = load(path, options)
     url = storage_url(lstudy, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stores.check_storage_url(url)
+    with stores.opening(url, "Optuna storage"):
+        storage = make_storage(url)
     try:
-        return lstudy, optuna.load_study(study_name=lstudy.name, storage=make_storage(url))
+        return lstudy, optuna.load_study(study_name=lstudy.name, storage=storage)
     except KeyError:
         raise KdlabError(f"{path}: no study named {lstudy.name!r} in {url} yet; run `kdlab study {path}` "
                          "first") from None
@@ -61,4 +65,4 @@ def status(path: str, options) -> dict:
     from kdlab.study.report import status as read_status
 
     lstudy, study = _open(path, options)
-    return read_status(study, options.n_trials or lstudy.study.n_trials)
+    return read_status(study, lstudy.study.budget(options.n_trials))

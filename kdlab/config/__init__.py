@@ -4,12 +4,16 @@ expectation. The keys documented in ``docs/config.md`` are public interface."""
 from kdlab.config.dotted import flatten, parse_override, set_dotted
 from kdlab.config.loading import COMPONENT_KINDS, LoadedConfig, derive_config, load_config
 from kdlab.config.models import (
+    BATCH_OPS,
     DEVICE,
     AssistantConfig,
+    AugmentOp,
+    BornAgainConfig,
     ComponentConfig,
     ContinualConfig,
     DataConfig,
     InitConfig,
+    LoaderConfig,
     OptimizerConfig,
     RunConfig,
     StudentConfig,
@@ -24,7 +28,8 @@ from kdlab.errors import ConfigError, Problem
 
 __all__ = [
     "flatten", "parse_override", "set_dotted", "COMPONENT_KINDS", "LoadedConfig", "derive_config", "load_config",
-    "DEVICE", "AssistantConfig", "ComponentConfig", "ContinualConfig", "DataConfig", "InitConfig", "OptimizerConfig",
+    "BATCH_OPS", "DEVICE", "AssistantConfig", "AugmentOp", "BornAgainConfig", "ComponentConfig", "ContinualConfig",
+    "DataConfig", "InitConfig", "LoaderConfig", "OptimizerConfig",
     "RunConfig", "StudentConfig", "TeacherConfig", "TeacherTrainingConfig", "TrackingConfig", "TrainingConfig",
     "problems_from_validation", "Source", "dump_yaml", "ConfigError", "Problem",
 ]

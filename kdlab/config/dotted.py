@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from kdlab.config.source import load_text
 from kdlab.errors import ConfigError, Problem
 
 
@@ -30,7 +31,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError("--set", [Problem(text, "expected KEY=VALUE, e.g. loss.params.temperature=4", text)])
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = load_text(raw)
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kdlab.config.dotted import set_dotted
-from kdlab.config.models import RunConfig
+from kdlab.config.models import BATCH_OPS, RunConfig
 from kdlab.config.problems import problems_from_validation
 from kdlab.config.source import Source, dump_yaml
 from kdlab.errors import ConfigError, PluginError, Problem
@@ -20,7 +20,7 @@ from kdlab.suggest import did_you_mean
 #: config sections that name a component, and the component kind each names
 COMPONENT_KINDS = {"data": "data", "teacher": "teacher", "student": "student", "loss": "loss"}
 #: sections of a run config that describe a chain or a schedule, not one run; dropped from derived configs
-COMPOUND_SECTIONS = ("study", "assistant", "continual")
+COMPOUND_SECTIONS = ("study", "compare", "assistant", "continual", "born_again")
 
 
 class LoadedConfig:
@@ -88,6 +88,22 @@ def load_config(path_or_source: str | Path | Source, *, registry: Registry,
         if cfg.teacher is None:
             problems.append(Problem("assistant", "a teacher assistant needs a `teacher:` section to distil from",
                                     cfg.assistant.name, line=source.line_of(("assistant",))))
+    if cfg.teacher is not None and cfg.teacher.mode == "views":
+        mixing = [op.op for op in cfg.data.augment if op.op in BATCH_OPS]
+        if mixing:
+            problems.append(Problem("teacher.mode", f"views cannot replay {mixing[0]} (it mixes the examples of each "
+                                    "batch, which cached views cannot know): use teacher.mode: live", "views",
+                                    line=source.line_of(("teacher", "mode"))))
+    modes = [m for m in ("assistant", "continual", "born_again") if getattr(cfg, m) is not None]
+    if len(modes) > 1:
+        problems.append(Problem(modes[1], f"one run mode per run: this file has {' and '.join(modes)}", modes,
+                                line=source.line_of((modes[1],))))
+    loss = components.get("loss")
+    if cfg.teacher is None and cfg.continual is None and cfg.born_again is None and loss is not None \
+            and _needs_teacher(loss):
+        problems.append(Problem("loss.name", f"loss {loss.name!r} distils from a teacher: add a `teacher:` section "
+                                "(or use a loss that needs none, such as ce)", loss.name,
+                                line=source.line_of(("loss", "name"))))
     if cfg.teacher is not None and cfg.teacher.checkpoint and cfg.teacher.mlflow_uri:
         problems.append(Problem("teacher.checkpoint", "give either teacher.checkpoint or teacher.mlflow_uri, not both",
                                 cfg.teacher.checkpoint, line=source.line_of(("teacher", "checkpoint"))))
@@ -132,6 +148,21 @@ def _resolve(section: str, kind: str, name: str, values: dict[str, Any], registr
                                          f"{', '.join(known) or 'none'}", prob.value, line=prob.line)
             problems.append(prob)
         return problems, comp, None
+
+
+def _needs_teacher(comp: Component) -> bool:
+    """Whether the loss component reads a teacher, as far as can be told without building it: a
+    :class:`kdlab.Loss` subclass registered as its own factory (or a factory annotated to return one) says so with
+    ``uses_teacher``; any other factory is asked when the run builds it."""
+    import inspect
+
+    cls = comp.factory
+    if not isinstance(cls, type):
+        try:
+            cls = inspect.signature(comp.factory, eval_str=True).return_annotation
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve tells nothing
+            return False
+    return isinstance(cls, type) and getattr(cls, "uses_teacher", None) is True
 
 
 def _from_overrides(problems: list[Problem], overrides: dict[str, Any] | None) -> list[Problem]:

@@ -18,9 +18,9 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel] | None
                              source: Source | None = None) -> list[Problem]:
     """One problem per error of ``exc``, raised while validating ``model`` (which lets an unknown key list the
     known ones); ``prefix`` is the location of the validated mapping in the file."""
-    out = []
+    out: list[Problem] = []
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         key = ".".join(str(p) for p in loc)
         typ = err["type"]
         if typ == "extra_forbidden":
@@ -29,9 +29,21 @@ def problems_from_validation(exc: ValidationError, model: type[BaseModel] | None
             msg = "required key is missing"
         else:
             msg = "expected " + _expectation(err)
+        same = next((i for i, p in enumerate(out) if p.key == key and p.message.startswith("expected ")), None)
+        if same is not None and msg.startswith("expected "):
+            # the members of a union (``int | "auto"``) each said what they expected: one problem lists them all
+            prev = out[same]
+            out[same] = Problem(key, f"{prev.message} or {msg.removeprefix('expected ')}", prev.value,
+                                has_value=prev.has_value, line=prev.line)
+            continue
         out.append(Problem(key, msg, err.get("input"), has_value=typ != "missing",
                            line=source.line_of(loc) if source else None))
     return out
+
+
+#: the location parts pydantic adds for the member of a union or a validator, not a key of the file
+_UNION_TAG = re.compile(r"^(function-.*|literal\[.*\]|list\[.*\]|dict\[.*\]|int|float|str|bool|none|"
+                        r"constrained-.*|[A-Z][a-z]\w*)$")
 
 
 def _known_keys_hint(model: type[BaseModel] | None, err: dict[str, Any]) -> str:
@@ -57,6 +69,9 @@ def _expectation(err: dict[str, Any]) -> str:
     typ = err["type"]
     if typ.startswith("literal_error"):
         return f"one of {ctx.get('expected', '')}"
+    if typ == "too_short":
+        n = ctx.get("min_length", 1)
+        return f"at least {n} item{'s' if n != 1 else ''}"
     if typ == "value_error":
         text = msg.removeprefix("Value error, ")
         return text.removeprefix("expected ") if text.startswith("expected ") else f"a valid value: {text}"

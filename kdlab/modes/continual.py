@@ -23,15 +23,15 @@ import statistics
 import torch
 from torch import Tensor, nn
 
-from kdlab import __version__
+from kdlab import __version__, batch
 from kdlab.config import LoadedConfig, dump_yaml, flatten
 from kdlab.distill import RunResult
 from kdlab.errors import KdlabError
-from kdlab.functional import accuracy, masked_cross_entropy, soft_kl
+from kdlab.functional import masked_cross_entropy, soft_kl
 from kdlab.lifecycle import RunOptions, tracked_run
 from kdlab.models import build_model
 from kdlab.session import Session
-from kdlab.training import TrainSet, fit, predict, resolve_device, seed_everything
+from kdlab.training import TrainSet, accuracy_of, fit, predict, resolve_device, seed_everything
 from kdlab.types import Data, Loss, LossInputs, LossOutput, RunInfo, Split
 
 
@@ -44,8 +44,8 @@ class TaskView(nn.Module):
         self.net = net
         self.register_buffer("classes", torch.tensor(classes, dtype=torch.int64))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)[:, self.classes]
+    def forward(self, *args, **inputs) -> Tensor:  # one tensor, or named inputs
+        return self.net(*args, **inputs)[:, self.classes]
 
 
 class LwFLoss(Loss):
@@ -76,13 +76,13 @@ def task_split(split: Split, classes: list[int]) -> Split:
     keep = torch.isin(split.y, cls)
     remap = torch.full((int(split.y.max()) + 1,), -1, dtype=torch.int64)
     remap[cls] = torch.arange(len(classes))
-    return Split(split.x[keep], remap[split.y[keep]])
+    return Split(batch.index(split.x, keep), remap[split.y[keep]])
 
 
 def task_accuracy(net: nn.Module, split: Split, classes: list[int], device: torch.device, batch_size: int) -> float:
     part = task_split(split, classes)
-    logits, _ = predict(TaskView(net, classes).to(device), part.x.to(device), batch_size)
-    return float(accuracy(logits, part.y.to(device)))
+    logits, _ = predict(TaskView(net, classes).to(device), batch.to(part.x, device), batch_size)
+    return accuracy_of(logits, part.y.to(device))
 
 
 def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -> RunResult:
@@ -91,6 +91,13 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(options.device or tcfg.device)
     data: Data = session.get_data(loaded)
+    if data.streamed:
+        raise KdlabError(f"{loaded.name}: continual: learning tasks in sequence needs the data in memory (data "
+                         f"{cfg.data.name!r} is streamed: leave out its stream option)")
+    if cfg.data.augment:
+        raise KdlabError(f"{loaded.name}: continual: runs that learn tasks in sequence do not augment their data "
+                         "(Learning without Forgetting reads the old model's outputs on fixed inputs): leave out "
+                         "data.augment")
     tasks = data.tasks
     if not tasks or len(tasks) < 2:
         raise KdlabError(f"{loaded.name}: continual: data {cfg.data.name!r} defines no sequence of tasks "
@@ -105,6 +112,7 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
             "kdlab.continual_method": ccfg.method, **options.tags}
     params = flatten({k: v for k, v in cfg.resolved_dict().items()
                       if k not in ("study", "tracking", "teacher", "loss", "assistant")})
+    params = {k: v for k, v in params.items() if v is not None}
     with tracked_run(info, tracker=session.tracker(loaded), tags=tags, params={**params, **options.params},
                      parent_run_id=options.parent_run_id, observers=[*session.observers, *options.observers],
                      flush_every_s=cfg.tracking.flush_every_s) as live:
@@ -115,7 +123,7 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
             old_classes = [c for task in tasks[:k] for c in task]
             teacher_logits = None
             if k and ccfg.method == "lwf":
-                teacher_logits, _ = predict(net, train.x.to(device), tcfg.eval_batch_size)
+                teacher_logits, _ = predict(net, batch.to(train.x, device), tcfg.eval_batch_size)
                 teacher_logits = teacher_logits[:, old_classes]
             loss = LwFLoss(old_classes, ccfg.temperature, ccfg.old_weight if teacher_logits is not None else 0.0)
 
@@ -123,7 +131,7 @@ def run_continual(loaded: LoadedConfig, options: RunOptions, session: Session) -
                 live.epoch(offset + epoch, {f"task{k}_{name}": v for name, v in m.items()})
 
             fit(TaskView(net, classes).to(device), loss.to(device),
-                TrainSet(train.x.to(device), train.y.to(device), teacher_logits), val.to(device),
+                TrainSet(batch.to(train.x, device), train.y.to(device), teacher_logits), val.to(device),
                 optimizer=cfg.optimizer, epochs=epochs[k], batch_size=tcfg.batch_size, seed=tcfg.seed + k,
                 device=device, keep_best=tcfg.keep_best, eval_batch_size=tcfg.eval_batch_size, on_epoch=on_epoch)
             step += epochs[k]

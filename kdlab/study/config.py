@@ -6,15 +6,22 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from kdlab.config import DEVICE, LoadedConfig, Problem, load_config, problems_from_validation
+from kdlab.config.models import MAX_SEED, Float, Int, Strict
 from kdlab.errors import ConfigError
 from kdlab.metrics import OBJECTIVES
 
+#: the largest trial budget and number of worker processes a study file may ask for
+MAX_TRIALS = 1_000_000
+MAX_WORKERS = 1024
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class _Strict(Strict):
+    """Unknown keys, booleans for numbers and non-finite floats (a search bound of ``.inf``) are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Dim(_Strict):
@@ -34,10 +41,10 @@ def _check_range(dim, stepped: bool):
 
 class FloatDim(_Dim):
     type: Literal["float"]
-    low: float
-    high: float
+    low: Float
+    high: Float
     log: bool = False
-    step: float | None = Field(None, gt=0)
+    step: Float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -55,10 +62,10 @@ class FloatDim(_Dim):
 
 class IntDim(_Dim):
     type: Literal["int"]
-    low: int
-    high: int
+    low: Int
+    high: Int
     log: bool = False
-    step: int = Field(1, gt=0)
+    step: Int = Field(1, gt=0)
 
     @model_validator(mode="after")
     def _check(self):
@@ -101,40 +108,46 @@ class Objective(_Strict):
 
 class SamplerConfig(_Strict):
     name: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
-    seed: int | None = Field(0, description="sampler seed (worker i uses seed + i)")
-    n_startup_trials: int = Field(8, ge=0, description="TPE/CMA-ES random trials before modelling")
+    seed: Int | None = Field(0, ge=0, le=MAX_SEED - MAX_WORKERS, description="sampler seed (worker i uses seed + i)")
+    n_startup_trials: Int = Field(8, ge=0, description="TPE/CMA-ES random trials before modelling")
 
 
 class PrunerConfig(_Strict):
     name: Literal["median", "hyperband", "none"] = "median"
-    n_startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
-    n_warmup_steps: int = Field(5, ge=0, description="median: epochs before a trial can be pruned")
-    min_resource: int = Field(3, ge=1, description="hyperband: minimum epochs")
+    n_startup_trials: Int = Field(5, ge=0, description="median: trials before pruning starts")
+    n_warmup_steps: Int = Field(5, ge=0, description="median: epochs before a trial can be pruned")
+    min_resource: Int = Field(3, ge=1, description="hyperband: minimum epochs")
 
 
 
 class StudyConfig(_Strict):
     name: str | None = Field(None, description="study name (default: the file's stem); also the MLflow experiment")
-    n_trials: int = Field(20, gt=0, description="total trials of the study (a resumed study runs the rest)")
-    timeout: float | None = Field(None, gt=0, description="seconds (from the command's start) after which no new "
+    n_trials: Int = Field(20, gt=0, le=MAX_TRIALS,
+                          description="total trials of the study (a resumed study runs the rest)")
+    timeout: Float | None = Field(None, gt=0, description="seconds (from the command's start) after which no new "
                                                          "trial starts")
     search: dict[str, Dimension] = Field(default_factory=dict)
-    objective: Objective | list[Objective] = Field(default_factory=Objective)
+    objective: Objective | Annotated[list[Objective], Field(min_length=1)] = Field(
+        default_factory=Objective, description="{metric, direction} or a non-empty list of them")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(None, description="Optuna storage URL or journal file (default: "
                                                   "$KDLAB_HOME/optuna.journal)")
-    heartbeat_interval: int = Field(30, ge=1, description="seconds between the heartbeats of a running trial (server "
-                                                         "RDB storages: PostgreSQL, MySQL)")
-    grace_period: int = Field(120, ge=2, description="seconds without a heartbeat after which a running trial's "
-                                                    "machine is taken for dead: the trial fails and is retried once")
-    devices: Literal["auto", "cpu"] | list[str] = "auto"
-    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per GPU, or one per "
-                                                               "CPU core")
+    heartbeat_interval: Int = Field(30, ge=1, le=3600, description="seconds between the heartbeats of a running "
+                                    "trial (server RDB storages: PostgreSQL, MySQL)")
+    grace_period: Int = Field(120, ge=2, le=86400, description="seconds without a heartbeat after which a running "
+                              "trial's machine is taken for dead: the trial fails and is retried once")
+    devices: Literal["auto", "cpu"] | Annotated[list[str], Field(min_length=1)] = "auto"
+    workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = Field(
+        "auto", description="worker processes; auto: one per GPU, or one per CPU core")
     start_method: Literal["auto", "spawn"] = Field(
         "auto", description="how worker processes start; auto: fork single-threaded CPU workers on Linux, else spawn")
     baseline: bool = Field(True, description="also train the student with `ce` (no distillation) for comparison")
-    log_best_model: bool = Field(True, description="log the best trial's student with mlflow.pytorch.log_model")
+    log_best_model: bool = Field(True, description="log the best trial's student as an MLflow LoggedModel linked to "
+                                                   "its metrics (and register it: tracking.register_model)")
+    declared_space: bool = Field(True, description="when loss.name is searched: also search each chosen loss's own "
+                                                   "declared space (its plugin's search_space) for params the file "
+                                                   "does not search (not with the grid sampler)")
 
     @model_validator(mode="after")
     def _check_heartbeat(self):
@@ -147,6 +160,15 @@ class StudyConfig(_Strict):
     @property
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
+
+    def budget(self, asked: int | None = None) -> int:
+        """The study's trial budget (``--n-trials`` or ``n_trials``); with the grid sampler at most the number of
+        grid points, each run once."""
+        n = asked or self.n_trials
+        if self.sampler.name == "grid" and self.search:
+            size = math.prod(len(d.grid()) for d in self.search.values())
+            n = min(n, size)
+        return n
 
 
 
@@ -184,9 +206,11 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
                                                 search_raw, line=source.line_of(("study", "search")))])
     try:
         study = StudyConfig.model_validate(raw)
+        settings_valid = True
     except ValidationError as exc:
         problems += problems_from_validation(exc, StudyConfig, prefix=("study",), source=source)
         study = StudyConfig()
+        settings_valid = False
     adapter = TypeAdapter(Dimension)
     for key, spec in search_raw.items():
         try:
@@ -208,6 +232,12 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
                                     "loss.name is searched as `type: categorical` with choices", dim.type))
         else:
             loss_choices = dim.choices
+            if study.sampler.name == "grid":
+                study.declared_space = False  # a grid is the file's dimensions only
+            elif study.declared_space:
+                for name in loss_choices:
+                    if name in loaded.registry.names("loss"):
+                        declared_space(loaded, name)  # a plugin's bad declaration fails here, at validation
     for key, dim in study.search.items():
         line = source.line_of(("study", "search", key))
         for cond_key in (dim.when or {}):
@@ -230,6 +260,10 @@ def load_study_config(loaded: LoadedConfig) -> LoadedStudy:
                 dim.grid()
             except ValueError as exc:
                 problems.append(Problem(f"study.search.{key}", str(exc), dim.model_dump()))
+    if settings_valid and not search_raw and study.n_trials > 1:
+        problems.append(Problem("study.search", f"the search space is empty: all {study.n_trials} trials would train "
+                                "the same config; add dimensions (docs/studies.md) or set n_trials: 1", {},
+                                line=source.line_of(("study", "search")) or source.line_of(("study",))))
     if isinstance(study.devices, list):
         for i, d in enumerate(study.devices):
             if not DEVICE.match(d) or d == "auto":
@@ -291,7 +325,8 @@ def sample(study: LoadedStudy, trial) -> dict[str, Any]:
     """Sample the search space for one trial: ``loss.name`` first, then everything active in that trial.
 
     When ``loss.name`` is searched, ``loss.params.X`` is sampled only in trials whose loss has a param ``X``, and
-    the loss's other params take their defaults (not the base config's, which belong to another loss).
+    the loss's other params take their defaults (not the base config's, which belong to another loss) — or, with
+    ``declared_space``, are sampled from the space the loss's plugin declares for them.
     """
     space = study.study.search
     chosen: dict[str, Any] = {}
@@ -307,7 +342,31 @@ def sample(study: LoadedStudy, trial) -> dict[str, Any]:
             if key.split(".", 2)[2] not in loss_params:
                 continue
         chosen[key] = dim.suggest(trial, key)
+    if "loss.name" in chosen and study.study.declared_space:
+        for key, dim in declared_space(study.loaded, chosen["loss.name"]).items():
+            if key not in space:
+                chosen[key] = dim.suggest(trial, key)
     return chosen
+
+
+def declared_space(loaded: LoadedConfig, loss: str) -> dict[str, Any]:
+    """The search space the plugin of loss ``loss`` declares for its params, as ``loss.params.<param>`` dimensions;
+    a declaration that is not a valid dimension is the plugin's error."""
+    from pydantic import TypeAdapter
+
+    from kdlab.errors import PluginError
+
+    comp = loaded.registry.get("loss", loss)
+    out = {}
+    for param, spec in (comp.extra.get("search_space") or {}).items():
+        try:
+            if param not in comp.params.model_fields:
+                raise ValueError(f"{param!r} is not a param of the loss")
+            out[f"loss.params.{param}"] = TypeAdapter(Dimension).validate_python(spec)
+        except (ValidationError, ValueError) as exc:
+            raise PluginError(f"loss {comp.name!r} from {comp.origin} declares a search space entry {param!r} = "
+                              f"{spec!r} that is not a valid dimension: {str(exc).splitlines()[0]}") from None
+    return out
 
 
 def trial_overrides(study: LoadedStudy, chosen: dict[str, Any]) -> dict[str, Any]:

@@ -36,4 +36,17 @@ class TrialObserver:
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise Pruned(f"pruned after epoch {epoch} ({self.metric}={value:.4f})")
+            raise Pruned(f"stopped after epoch {epoch} of {run.epochs}: {self.metric} {value:.4g} "
+                         f"{_why(getattr(self.trial, 'study', None))}")
+
+
+def _why(study: Any) -> str:
+    """What the study's pruner compared the trial with, in words."""
+    name = type(getattr(study, "pruner", None)).__name__
+    if name == "MedianPruner":
+        return "was worse than the median of the earlier trials at this epoch (median pruner)"
+    if name == "HyperbandPruner":
+        return "was not among the best of its Hyperband bracket at this epoch (hyperband pruner)"
+    if name == "SuccessiveHalvingPruner":
+        return "was not among the best of its rung at this epoch (successive halving pruner)"
+    return f"was judged not promising by the {name}"

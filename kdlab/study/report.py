@@ -143,10 +143,18 @@ def render_summary(summary: dict[str, Any], console) -> None:
         console.print(table)
     if summary.get("parent_run_id"):
         console.print(f"MLflow: experiment {summary['experiment']!r}, parent run {summary['parent_run_id']}\n"
-                      f"  view: mlflow ui --backend-store-uri {summary['tracking_uri']}\n")
+                      f"  view: {view_command(summary['tracking_uri'])}\n")
     fails = summary.get("failures") or []
     if fails:
         console.print(f"{len(fails)} failed trial(s); last: trial {fails[-1]['number']}: {fails[-1]['reason'][:200]}")
+
+
+def view_command(uri: str) -> str:
+    """How to look at the study in the MLflow UI: a SQLite store's server serves the artifacts beside it."""
+    if uri.startswith("sqlite:///"):
+        folder = uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+        return f"mlflow server --backend-store-uri {uri} --artifacts-destination {folder}/artifacts"
+    return f"open {uri}" if uri.startswith("http") else f"mlflow server --backend-store-uri {uri}"
 
 
 def _fmt(v: Any) -> str:

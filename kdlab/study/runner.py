@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdlab import store_checks as stores
 from kdlab.config import load_config
-from kdlab.errors import ConfigError, Problem
+from kdlab.errors import ConfigError, Problem, Terminated
+from kdlab.paths import default_tracking_uri
 from kdlab.plugins import get_registry
+from kdlab.signals import stop_processes
 from kdlab.study import attrs
 from kdlab.study.config import LoadedStudy, load_study_config
 from kdlab.study.devices import plan_slots
@@ -75,10 +78,9 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
 
     Fills ``session`` with the data and the teacher's outputs (reused by workers that share this process's
     memory: the in-process worker and forked ones)."""
-    from kdlab.functional import accuracy
-    from kdlab.teachers import get_teacher, teacher_outputs
-    from kdlab.teachers.shared import shared_outputs
-    from kdlab.training import resolve_device
+    from kdlab.teachers import get_teacher
+    from kdlab.teachers.outputs import prepare_outputs
+    from kdlab.training import accuracy_of, resolve_device
 
     loaded = lstudy.loaded
     dev = resolve_device(device)
@@ -86,11 +88,12 @@ def prepare(lstudy: LoadedStudy, study, parent, device: str, session):
         data = session.get_data(loaded)
         track = loaded.config.tracking.enabled
         teacher = get_teacher(loaded, data, dev, session, track=track)
-        outputs = shared_outputs(teacher, data, dev, session, session.tracker(loaded) if track else None,
-                                 teacher_outputs)
-        session.outputs[(teacher.fingerprint, str(dev))] = outputs
-        tm = {"teacher_test_accuracy": float(accuracy(outputs["test"], data.test.y.to(dev))),
-              "teacher_val_accuracy": float(accuracy(outputs["val"], data.val.y.to(dev)))}
+        # and the cached views, if configured; the outputs are fetched from the teacher's run when another process
+        # published them there (kdlab.teachers.shared)
+        outputs = prepare_outputs(loaded, teacher, data, dev, session,
+                                  tracker=session.tracker(loaded) if track else None)
+        tm = {"teacher_test_accuracy": accuracy_of(outputs["test"], data.test.y.to(dev)),
+              "teacher_val_accuracy": accuracy_of(outputs["val"], data.val.y.to(dev))}
         study.set_user_attr(attrs.TEACHER, {**tm, "run_id": teacher.run_id, "fingerprint": teacher.fingerprint})
         parent.log_metrics(tm)
         if teacher.run_id:
@@ -142,19 +145,23 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     lstudy = load(path, options)
     s = lstudy.study
     url = storage_url(lstudy, options)
+    cfg = lstudy.loaded.config.tracking
+    stores.check_home()  # both stores are checked before any work: seconds, one clear error
+    stores.check_storage_url(url)
+    stores.check_tracking_uri(cfg.uri or default_tracking_uri())
     on_stale = StaleTrials()
-    storage = make_storage(url, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
-                           on_stale=on_stale)
-    study = create_or_resume(lstudy, storage)
+    with stores.opening(url, "Optuna storage"):
+        storage = make_storage(url, heartbeat_interval=s.heartbeat_interval, grace_period=s.grace_period,
+                               on_stale=on_stale)
+        study = create_or_resume(lstudy, storage)
     locks = storage_locks(url)
     study_lock = STUDY_LOCK.format(name=lstudy.name)
-    target = options.n_trials or s.n_trials
+    target = s.budget(options.n_trials)  # the study's, counted in its storage across every process
     console = console or make_console()
     display = ProgressObserver(console, enabled=False if options.quiet else None)
     handler = show_messages(console) if display.enabled else None
     session = Session(observers=[display])
     session.locks = locks
-    cfg = lstudy.loaded.config.tracking
     # the study itself is always recorded (its parent run), also when its runs are not (tracking.enabled: false)
     tracker = session.tracker(lstudy.loaded) or Tracker(cfg.uri, cfg.experiment)
     on_stale.end_run = end_stale_run(tracker)
@@ -169,7 +176,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
     close_finished_runs(study, tracker, parent.run_id)
     slots = plan_slots(s.devices, options.workers or s.workers)
     log = logging.getLogger("kdlab")
-    status, workers_started = "FINISHED", None
+    status, workers_started, interrupted = "FINISHED", None, None
     try:
         import torch
 
@@ -208,8 +215,9 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
 
             _run_processes(specs, progress, workers_started, session if workers_started == "fork" else None,
                            before_fork=before_fork, watch=watch)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
+        interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         log.info("interrupted: run the same command again to resume the study")
     except BaseException:
         status = "FAILED"
@@ -221,7 +229,7 @@ def run_study(path: str, options: StudyOptions, console=None) -> dict[str, Any]:
             if handler is not None:
                 log.removeHandler(handler)
     summary = summarize(study)
-    summary["interrupted"] = status == "KILLED"
+    summary["interrupted"] = interrupted or False  # "SIGINT" or "SIGTERM"
     summary["worker_start"] = workers_started
     return summary
 
@@ -284,13 +292,9 @@ def _run_processes(specs: list[WorkerSpec], progress, method: str = "spawn", ses
                     p.join(timeout=1.0 / len(procs))
                 progress.update()
     except KeyboardInterrupt:
-        # the workers got the same SIGINT: give them time to record their trials as failed, then stop them
-        deadline = time.time() + 20
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.time()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+        # Ctrl-C reached the workers too, SIGTERM only this process: either way each worker records its trial as
+        # interrupted before it stops (a second signal is ignored), and is killed after 20 s
+        stop_processes(procs)
         raise
     bad = [p for p in procs if p.exitcode not in (0, None)]
     if bad:

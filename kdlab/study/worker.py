@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdlab import signals
 from kdlab.study import attrs
 
 
@@ -61,12 +62,12 @@ class Objective:
         trial.set_user_attr(attrs.DEVICE, self.spec.device)
         trial.set_user_attr(attrs.WORKER, self.spec.index)
         retry_of = trial.user_attrs.get(attrs.RETRY_OF)
-        chosen = sample(self.lstudy, trial)
         first = self.objectives[0]
         prunable = len(self.objectives) == 1 and first.metric in ("val_accuracy", "val_loss")
         observer = TrialObserver(trial, first.metric if prunable else None)
-        state, metrics = "FAIL", {}
+        state, metrics, chosen = "FAIL", {}, {}
         try:
+            chosen = sample(self.lstudy, trial)
             loaded = load_config(self.lstudy.loaded.source, registry=self.lstudy.loaded.registry,
                                  overrides={**self.spec.overrides, **trial_overrides(self.lstudy, chosen)})
             options = RunOptions(
@@ -102,15 +103,28 @@ class Objective:
                                                params=chosen, metrics=metrics)
 
     def _record(self, trial, run_id: str | None, state: str) -> None:
-        """Tag the trial's MLflow run with its outcome (its status was set when the run ended)."""
-        if not run_id:
-            return
-        trial.set_user_attr(attrs.RUN_ID, run_id)
+        """Tag the trial's MLflow run with its outcome (its status was set when the run ended). A trial that failed
+        before its run started (sampling, building a model) gets a run of its own with the reason, so that every
+        failed trial is in MLflow."""
         tags = {"kdlab.trial_state": state}
         if state != "COMPLETE":
             tags["kdlab.fail_reason"] = trial.user_attrs.get(attrs.FAIL, "")[:5000]
-        tracker = self.session.tracker(self.lstudy.loaded)
         try:
+            tracker = self.session.tracker(self.lstudy.loaded)
+            if tracker is None:
+                return
+            if not run_id:
+                if state == "COMPLETE":
+                    return
+                run = tracker.start(f"trial-{trial.number}", parent_run_id=self.spec.parent_run_id, tags={
+                    "kdlab.role": "trial", "kdlab.study": self.spec.study_name,
+                    "kdlab.trial_number": str(trial.number), "kdlab.status_reason": tags["kdlab.fail_reason"]})
+                run.log_params({"trial_number": trial.number, **trial.params})
+                run.set_tags(tags)
+                run.end("KILLED" if tags["kdlab.fail_reason"] == attrs.INTERRUPTED else "FAILED")
+                trial.set_user_attr(attrs.RUN_ID, run.run_id)
+                return
+            trial.set_user_attr(attrs.RUN_ID, run_id)
             tracker.run(run_id).set_tags(tags)
         except Exception:  # noqa: BLE001 - tracking trouble must not hide the trial's own outcome
             pass
@@ -245,6 +259,9 @@ def run_trials(study, storage, url: str, locks, objective, target: int, *, deadl
 
     ran = 0
     while deadline is None or time.time() < deadline:
+        stop = signals.stopping()
+        if stop is not None:  # a stop signal came while a trial was being recorded: start no other
+            raise stop()
         lock.acquire(waiting=f"waiting for the lock of study {study.study_name}")
         try:
             sweep(study, storage, url, on_stale)
@@ -280,10 +297,19 @@ def _optimize_one(study, objective) -> None:
 
 
 def worker_entry(spec: WorkerSpec, session=None) -> None:
-    """Process entry point (top level, so that ``spawn`` can import it)."""
+    """Process entry point (top level, so that ``spawn`` can import it). The worker stops cleanly on SIGINT or
+    SIGTERM, and gets SIGTERM when the main process dies."""
+    import multiprocessing
     import sys
 
+    from kdlab.errors import Terminated
+    from kdlab.signals import worker_process
+
+    parent = multiprocessing.parent_process()
+    worker_process(parent.pid if parent is not None else None)
     try:
         run_worker(spec, session=session)
+    except Terminated:
+        sys.exit(143)
     except KeyboardInterrupt:
         sys.exit(130)

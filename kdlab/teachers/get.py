@@ -12,14 +12,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from kdlab import batch
 from kdlab.config import LoadedConfig, derive_config
+from kdlab.contracts import Part, check_logits, forward_of, who
 from kdlab.errors import KdlabError
+from kdlab.functional import accuracy
 from kdlab.models import build_model, load_from_mlflow
+from kdlab.registry import Component
 from kdlab.session import Session
 from kdlab.teachers.cache import cached_teacher, store_teacher
 from kdlab.teachers.fingerprint import teacher_fingerprint
 from kdlab.teachers.shared import claim, end_orphans, fetch_weights, find_teacher_run
 from kdlab.teachers.train import record_cached_teacher, train_teacher
+from kdlab.training import predict
 from kdlab.types import Data
 from kdlab.weights import existing_file, load_state_dict_file, load_weights
 
@@ -34,6 +39,12 @@ class Teacher:
     source: str
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: what it costs to run (``kdlab.costs.model_costs``), by device: measured once per session
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the registered architecture (for error messages)
+    component: Component | None = None
+    #: why this teacher is suspect (``teacher.on_chance_accuracy: warn``), tagged ``kdlab.teacher_warning``
+    warning: str | None = None
 
 
 def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, *,
@@ -58,14 +69,19 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
             model = build_model(comp, params, data)
         except KdlabError:
             model = None
-        teacher = Teacher(load_from_mlflow(cfg.mlflow_uri, model, "teacher.mlflow_uri"), fp, "mlflow")
+        teacher = Teacher(load_from_mlflow(cfg.mlflow_uri, model, "teacher.mlflow_uri", loaded.config.tracking.uri),
+                          fp, "mlflow")
         if cfg.mlflow_uri.startswith("runs:/"):
             teacher.run_id = cfg.mlflow_uri.split("/")[1]
     else:
         teacher = _shared_cached_or_trained(loaded, data, device, session, fp, track)
+    teacher.component = comp
     teacher.model.to(device).eval()
     for p in teacher.model.parameters():
         p.requires_grad_(False)
+    if teacher.source == "mlflow" or (teacher.source == "checkpoint" and not _made_here(cfg.checkpoint)):
+        check_not_chance(teacher, data, device, cfg.checkpoint or cfg.mlflow_uri or "", cfg.on_chance_accuracy,
+                         "teacher.checkpoint" if cfg.checkpoint else "teacher.mlflow_uri")
     session.teachers[fp] = teacher
     return teacher
 
@@ -120,6 +136,41 @@ def _from_run(loaded: LoadedConfig, data: Data, session: Session, fp: str, run: 
                               "tracking_uri": tracker.uri})
     log.info("teacher %s (%s) downloaded from run %s", cfg.name, fp[:8], run_id)
     return Teacher(model, fp, "shared", run_id, metrics)
+
+
+def _made_here(checkpoint: str) -> bool:
+    """A checkpoint kdlab wrote itself under its cache (an assistant, a born-again generation), not a user's file."""
+    from pathlib import Path
+
+    from kdlab import paths
+
+    return Path(checkpoint).expanduser().resolve().is_relative_to(paths.cache_base())
+
+
+def check_not_chance(teacher: Teacher, data: Data, device: torch.device, source: str, action: str, key: str) -> None:
+    """A loaded teacher must do better than chance on the validation split: damaged weights (a flipped byte in a
+    checkpoint) or weights of another task load without complaint and teach nothing. "Chance" is the accuracy of
+    always answering the most frequent class, plus two standard errors."""
+    import math
+    import sys
+
+    name = who("teacher", teacher.component)
+    y = data.val.y.to(device)
+    with forward_of(Part(teacher.model, "teacher", teacher.component)):
+        logits, _ = predict(teacher.model, batch.to(data.val.x, device))
+    check_logits(logits, len(y), data.num_classes, name, "over the val split")
+    acc = float(accuracy(logits, y))
+    majority = float(torch.bincount(y, minlength=data.num_classes).max()) / max(1, len(y))
+    threshold = majority + 2 * math.sqrt(majority * (1 - majority) / max(1, len(y)))
+    if acc > threshold:
+        return
+    message = (f"{key} = {source!r}: the loaded teacher's validation accuracy is {acc:.3f}, no better than chance "
+               f"({majority:.3f}, always answering the most frequent class): its weights are damaged or belong to "
+               "other data or another architecture")
+    if action != "warn":
+        raise KdlabError(f"{message}. Check the file or URI; to use it anyway set teacher.on_chance_accuracy: warn")
+    teacher.warning = message
+    print(f"kdlab: warning: {message}; going on (teacher.on_chance_accuracy: warn)", file=sys.stderr)
 
 
 def teacher_builder(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, *,

@@ -1,7 +1,8 @@
 """Teachers shared through the tracking store, for studies on many machines that share no disk.
 
 A teacher trained by kdlab is published as artifacts of its MLflow run (tag ``kdlab.teacher_fingerprint``): its
-weights (``teacher/state_dict.pt``) and its outputs over the data (``teacher_outputs/<fingerprint>.pt``). Any
+weights (``teacher/state_dict.pt``) and its outputs over the data (``teacher_outputs/<fingerprint>.pt`` with its
+checksum file ``<fingerprint>.json``, as in the local cache; streamed data's outputs are not shared). Any
 process that needs the teacher looks for a finished run with its fingerprint in the experiment and downloads what
 its local cache lacks. Training and computing the outputs happen under a lock of the study's storage
 (``Session.locks``: ``teacher:<fingerprint>``, ``outputs:<fingerprint>``), so exactly one process does each while
@@ -14,13 +15,13 @@ import logging
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from kdlab.session import Session
-from kdlab.teachers.cache import outputs_path
 from kdlab.tracking import Tracker
 
 log = logging.getLogger("kdlab")
+T = TypeVar("T")
 
 #: where a teacher run keeps what other machines fetch
 WEIGHTS = "teacher/state_dict.pt"
@@ -62,41 +63,46 @@ def fetch_weights(tracker: Tracker, run_id: str) -> Path:
     return tracker.download(run_id, WEIGHTS)
 
 
-def _outputs_artifact(fp: str) -> str:
-    return f"{OUTPUTS}/{fp}.pt"
+def _artifacts(path: Path) -> tuple[str, str]:
+    """The artifact paths of a cached outputs file and of its checksum file (``<name>.json``, read last)."""
+    return f"{OUTPUTS}/{path.name}", f"{OUTPUTS}/{path.with_suffix('.json').name}"
 
 
-def fetch_outputs(tracker: Tracker, run_id: str, fp: str) -> bool:
-    """Download the teacher's outputs into the local cache; ``False`` when the run has none."""
-    if not any(a.path == _outputs_artifact(fp) for a in tracker.list_artifacts(run_id, OUTPUTS)):
+def fetch_outputs(tracker: Tracker, run_id: str, path: Path) -> bool:
+    """Download the teacher's outputs into the local cache file ``path``; ``False`` when the run has none. The
+    checksum file is written last, so that a download cut short is no cache entry; the cache checks the file against
+    it when it reads it (a damaged download is removed and computed here)."""
+    data_art, meta_art = _artifacts(path)
+    present = {a.path for a in tracker.list_artifacts(run_id, OUTPUTS)}
+    if data_art not in present or meta_art not in present:
         return False
-    local = tracker.download(run_id, _outputs_artifact(fp))
-    target = outputs_path(fp)
-    tmp = target.with_name(f"{target.name}.download.tmp")
-    shutil.copyfile(local, tmp)
-    tmp.replace(target)
+    for art, target in ((data_art, path), (meta_art, path.with_suffix(".json"))):
+        local = tracker.download(run_id, art)
+        tmp = target.with_name(f"{target.name}.download.tmp")
+        shutil.copyfile(local, tmp)
+        tmp.replace(target)
     return True
 
 
-def publish_outputs(tracker: Tracker, run_id: str, fp: str) -> None:
-    tracker.run(run_id).log_artifact(outputs_path(fp), OUTPUTS)
+def publish_outputs(tracker: Tracker, run_id: str, path: Path) -> None:
+    run = tracker.run(run_id)
+    run.log_artifact(path, OUTPUTS)
+    run.log_artifact(path.with_suffix(".json"), OUTPUTS)
 
 
-def shared_outputs(teacher: Any, data: Any, device: Any, session: Session, tracker: Tracker | None,
-                   compute) -> dict[str, Any]:
-    """The teacher's outputs: from the local cache, else downloaded from the teacher's run, else computed (by one
-    process, under the lock ``outputs:<fingerprint>``) and published on it. ``compute(teacher, data, device)`` is
-    :func:`kdlab.teachers.cache.teacher_outputs` (it also reads and fills the local cache)."""
-    fp = teacher.fingerprint
+def shared_outputs(teacher: Any, path: Path, session: Session, tracker: Tracker | None, compute: Callable[[], T]) -> T:
+    """The teacher's outputs: from the local cache file ``path``, else downloaded from the teacher's run, else
+    computed (by one process, under the lock ``outputs:<path's name>``) and published on it. ``compute()`` is
+    :func:`kdlab.teachers.cache.teacher_outputs` for that file (it reads and fills the local cache)."""
     shareable = tracker is not None and teacher.run_id and teacher.source in ("trained", "cache", "shared")
-    if outputs_path(fp).exists() or not shareable:
-        return compute(teacher, data, device)
-    if fetch_outputs(tracker, teacher.run_id, fp):
-        log.info("teacher outputs %s downloaded from run %s", fp[:8], teacher.run_id)
-        return compute(teacher, data, device)
-    with claim(session, f"outputs:{fp}", "the teacher's outputs"):
-        if fetch_outputs(tracker, teacher.run_id, fp):
-            return compute(teacher, data, device)
-        outputs = compute(teacher, data, device)
-        publish_outputs(tracker, teacher.run_id, fp)
+    if path.exists() or not shareable:
+        return compute()
+    if fetch_outputs(tracker, teacher.run_id, path):
+        log.info("teacher outputs %s downloaded from run %s", path.name, teacher.run_id)
+        return compute()
+    with claim(session, f"outputs:{path.stem}", "the teacher's outputs"):
+        if fetch_outputs(tracker, teacher.run_id, path):
+            return compute()
+        outputs = compute()
+        publish_outputs(tracker, teacher.run_id, path)
         return outputs

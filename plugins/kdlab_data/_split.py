@@ -7,6 +7,12 @@ import kdlab
 
 def carve(x: torch.Tensor, y: torch.Tensor, n_out: int, seed: int) -> tuple[kdlab.Split, kdlab.Split]:
     """Split off ``n_out`` rows, stratified by class, with a seeded permutation: returns (rest, carved)."""
+    rest, carved = carve_indices(y, n_out, seed)
+    return kdlab.Split(x[rest], y[rest]), kdlab.Split(x[carved], y[carved])
+
+
+def carve_indices(y: torch.Tensor, n_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row indices of :func:`carve`'s (rest, carved): for streamed data, whose rows are read later."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)
     y_perm = y[perm]
@@ -21,7 +27,7 @@ def carve(x: torch.Tensor, y: torch.Tensor, n_out: int, seed: int) -> tuple[kdla
     mask[carved] = False
     rest = perm[mask[perm]]
     carved = carved[torch.randperm(len(carved), generator=g)]
-    return kdlab.Split(x[rest], y[rest]), kdlab.Split(x[carved], y[carved])
+    return rest, carved
 
 
 def halves(num_classes: int) -> list[list[int]]:

@@ -19,7 +19,7 @@ from kdlab.functional import layer_outputs, masked_cross_entropy
 
 def _probe(ctx: kdlab.LossSetup, student_layers, teacher_layers) -> tuple[dict, dict]:
     """One forward pass of each model over the example batch: the captured features (checks the paths, too)."""
-    x = ctx.example_x[:8]
+    x = kdlab.batch.index(ctx.example_x, slice(0, 8))
     s = layer_outputs(ctx.student, x, student_layers, owner="the student", key="loss.params.student_layer(s)")
     t = layer_outputs(ctx.teacher, x, teacher_layers, owner="the teacher", key="loss.params.teacher_layer(s)")
     return s, t
@@ -62,6 +62,8 @@ class FitNet(kdlab.Loss):
     benchmark, rather than the paper's two stages. The adapter is created in :meth:`setup` from the two layers'
     shapes and trained with the student."""
 
+    uses_soft_labels = True
+
     def __init__(self, params: FitNetParams):
         super().__init__()
         self.beta = params.beta
@@ -78,7 +80,7 @@ class FitNet(kdlab.Loss):
         f_s = inputs.student_features[self.student_layers[0]]
         f_t = inputs.teacher_features[self.teacher_layers[0]].float()
         hint = F.mse_loss(self.adapter(f_s.float()), f_t)
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce + self.beta * hint, terms={"ce": ce, "hint": hint})
 
 
@@ -98,10 +100,15 @@ class ATParams(BaseModel):
 
     @model_validator(mode="after")
     def _pairs(self) -> ATParams:
-        if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(f"student_layers ({len(self.student_layers)}) and teacher_layers "
-                             f"({len(self.teacher_layers)}) must pair up: give as many of each")
-        return self
+        return pair_up(self)
+
+
+def pair_up(params):
+    """Validator of params with ``student_layers`` and ``teacher_layers`` lists: they pair up in order."""
+    if len(params.student_layers) != len(params.teacher_layers):
+        raise ValueError(f"student_layers ({len(params.student_layers)}) and teacher_layers "
+                         f"({len(params.teacher_layers)}) must pair up: give as many of each")
+    return params
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -119,6 +126,8 @@ class AttentionTransfer(kdlab.Loss):
     Pairs of different spatial sizes are pooled to the smaller one. On an MLP student the map is over units (see
     :func:`attention_map`); as unit order is arbitrary, this only asks groups of units to carry the teacher's
     spatial energy profile - a heuristic outside the paper's conv setting."""
+
+    uses_soft_labels = True
 
     def __init__(self, params: ATParams):
         super().__init__()
@@ -144,5 +153,5 @@ class AttentionTransfer(kdlab.Loss):
                 qs = F.normalize(F.adaptive_avg_pool1d(qs.unsqueeze(1), n).squeeze(1), dim=1)
                 qt = F.normalize(F.adaptive_avg_pool1d(qt.unsqueeze(1), n).squeeze(1), dim=1)
             at = at + (qs - qt).pow(2).mean()
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce + self.p.beta / 2 * at, terms={"ce": ce, "at": at})

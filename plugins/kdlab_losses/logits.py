@@ -10,6 +10,12 @@ import kdlab
 from kdlab.functional import masked_cross_entropy, soft_kl
 
 
+def hyper(value: float) -> torch.Tensor:
+    """A hyperparameter as a tensor buffer value (float64 keeps the Python float exactly): what lets trials that
+    differ in it be stacked (``kdlab.Loss.stackable``)."""
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
 class CEParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -17,13 +23,16 @@ class CEParams(BaseModel):
 class CrossEntropy(kdlab.Loss):
     """Cross-entropy on the true labels only: the student trained without a teacher (the no-distillation baseline)."""
 
+    uses_soft_labels = True
+
     uses_teacher = False
+    stackable = True
 
     def __init__(self, params: CEParams | None = None):
         super().__init__()
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         return kdlab.LossOutput(total=ce, terms={"ce": ce})
 
 
@@ -38,13 +47,16 @@ class HintonKD(kdlab.Loss):
     """Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network":
     ``(1-alpha)*CE(y, s) + alpha*T^2*KL(softmax(t/T) || softmax(s/T))``. Unlabeled rows get the soft term only."""
 
+    uses_soft_labels = True
+    stackable = True
+
     def __init__(self, params: KDParams):
         super().__init__()
-        self.temperature = params.temperature
-        self.alpha = params.alpha
+        self.register_buffer("temperature", hyper(params.temperature))
+        self.register_buffer("alpha", hyper(params.alpha))
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         kd = soft_kl(inputs.student_logits, inputs.teacher_logits, self.temperature)
         total = (1 - self.alpha) * ce + self.alpha * kd
         return kdlab.LossOutput(total=total, terms={"ce": ce, "kd": kd})
@@ -62,12 +74,15 @@ class HardKD(kdlab.Loss):
     through attention", DeiT): the teacher's argmax is a pseudo-label,
     ``(1-alpha)*CE(y, s) + alpha*CE(argmax t, s)``. Unlabeled rows get the pseudo-label term only."""
 
+    uses_soft_labels = True
+    stackable = True
+
     def __init__(self, params: HardParams):
         super().__init__()
-        self.alpha = params.alpha
+        self.register_buffer("alpha", hyper(params.alpha))
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
         hard = F.cross_entropy(inputs.student_logits, inputs.teacher_logits.argmax(1))
         total = (1 - self.alpha) * ce + self.alpha * hard
         return kdlab.LossOutput(total=total, terms={"ce": ce, "hard": hard})
@@ -86,14 +101,27 @@ class LabelSmoothing(kdlab.Loss):
     gain from a mere regularisation gain (Yuan et al. 2020, "Revisiting Knowledge Distillation via Label Smoothing
     Regularization")."""
 
+    uses_soft_labels = True
+
     uses_teacher = False
+    stackable = True
 
     def __init__(self, params: LSParams):
         super().__init__()
-        self.epsilon = params.epsilon
+        self.register_buffer("epsilon", hyper(params.epsilon))
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=self.epsilon)
+        if inputs.soft_labels is not None:  # mixup/cutmix: smooth the mixed targets
+            smoothed = inputs.soft_labels * (1 - self.epsilon) + self.epsilon / inputs.student_logits.shape[1]
+            ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=smoothed)
+            return kdlab.LossOutput(total=ce, terms={"ce": ce})
+        # F.cross_entropy's label_smoothing takes a Python float, so the smoothing is written out as torch does it:
+        # (1-eps) * NLL + eps * the mean over classes of -log p, over the labelled rows
+        log_p = F.log_softmax(inputs.student_logits, 1)
+        labeled = inputs.labeled
+        nll = F.nll_loss(log_p, inputs.labels, ignore_index=kdlab.UNLABELED, reduction="sum")
+        uniform = -(log_p.sum(1) * labeled).sum() / log_p.shape[1]
+        ce = ((1 - self.epsilon) * nll + self.epsilon * uniform) / labeled.sum().clamp_min(1)
         return kdlab.LossOutput(total=ce, terms={"ce": ce})
 
 
@@ -114,28 +142,34 @@ class DKD(kdlab.Loss):
     ``ce_weight*CE + w(epoch)*T^2*(alpha*TCKD + beta*NCKD)``. Defaults are the paper's CIFAR-100 ones.
     The target class of an unlabeled row is the teacher's argmax."""
 
+    stackable = True
+
     def __init__(self, params: DKDParams):
         super().__init__()
         self.p = params
+        for name in ("alpha", "beta", "temperature", "ce_weight", "warmup_epochs"):
+            self.register_buffer(name, hyper(getattr(params, name)))
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
         s, t = inputs.student_logits, inputs.teacher_logits.float()
         target = torch.where(inputs.labeled, inputs.labels, t.argmax(1))
-        tckd, nckd = dkd_terms(s, t, target, self.p.temperature)
+        tckd, nckd = dkd_terms(s, t, target, self.temperature)
         ce = masked_cross_entropy(s, inputs.labels)
-        warm = min(inputs.epoch / self.p.warmup_epochs, 1.0) if self.p.warmup_epochs else 1.0
-        t2 = self.p.temperature ** 2
-        total = self.p.ce_weight * ce + warm * t2 * (self.p.alpha * tckd + self.p.beta * nckd)
+        # min(epoch / warmup, 1), and 1 without a warm-up (epoch >= 1), in tensor arithmetic
+        warm = (inputs.epoch / self.warmup_epochs.clamp_min(1)).clamp(max=1.0)
+        t2 = self.temperature ** 2
+        total = self.ce_weight * ce + warm * t2 * (self.alpha * tckd + self.beta * nckd)
         return kdlab.LossOutput(total=total, terms={"ce": ce, "tckd": tckd, "nckd": nckd})
 
 
-def dkd_terms(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, temperature: float):
+def dkd_terms(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, temperature: float | torch.Tensor):
     """(TCKD, NCKD), each a batch-mean KL at ``temperature`` without the ``T^2`` factor."""
     gt = F.one_hot(target, s.shape[1]).bool()
     log_ps, log_pt = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
 
-    def binary(log_p):  # log of (p_target, p_rest), computed in log space
-        return torch.stack([log_p[gt], log_p.masked_fill(gt, float("-inf")).logsumexp(1)], 1)
+    def binary(log_p):  # log of (p_target, p_rest), computed in log space (gather, not a boolean mask: vmap-able)
+        return torch.stack([log_p.gather(1, target[:, None])[:, 0],
+                            log_p.masked_fill(gt, float("-inf")).logsumexp(1)], 1)
 
     bs, bt = binary(log_ps), binary(log_pt)
     tckd = (bt.exp() * (bt - bs)).sum(1).mean()

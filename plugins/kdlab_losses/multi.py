@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import kdlab
 from kdlab.functional import masked_cross_entropy
 
+from .logits import hyper
+
 
 class TeacherSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +46,8 @@ class MultiParams(BaseModel):
         return self
 
 
-def mixed_soft_targets(teacher_logits: list[torch.Tensor], weights: torch.Tensor, temperature: float) -> torch.Tensor:
+def mixed_soft_targets(teacher_logits: list[torch.Tensor], weights: torch.Tensor,
+                       temperature: float | torch.Tensor) -> torch.Tensor:
     """``sum_k w_k softmax(t_k / T)`` with ``w`` normalised to sum 1."""
     w = weights / weights.sum()
     return sum(wk * F.softmax(t.float() / temperature, 1) for wk, t in zip(w, teacher_logits))
@@ -57,12 +60,17 @@ class MultiTeacherKD(kdlab.Loss):
     outputs are cached as usual; the extra teachers (built in :meth:`setup`, trained once and reused across runs)
     run on each batch."""
 
+    uses_soft_labels = True
+    stackable = True  # stacked trials may differ in temperature, alpha and weights, not in the teachers
+
     def __init__(self, params: MultiParams):
         super().__init__()
         self.p = params
         self.extra: list[torch.nn.Module] = []  # a plain list: frozen, not parameters, kept in eval mode
         n = 1 + len(params.teachers)
         self.register_buffer("weights", torch.tensor(params.weights or [1.0] * n, dtype=torch.float32))
+        self.register_buffer("temperature", hyper(params.temperature))
+        self.register_buffer("alpha", hyper(params.alpha))
 
     def setup(self, ctx: kdlab.LossSetup) -> None:
         if self.p.teachers and ctx.build_teacher is None:
@@ -71,11 +79,13 @@ class MultiTeacherKD(kdlab.Loss):
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
         with torch.no_grad():
-            logits = [inputs.teacher_logits] + [t(inputs.x) for t in self.extra]
-            target = mixed_soft_targets(logits, self.weights, self.p.temperature)
-        t = self.p.temperature
+            logits = [inputs.teacher_logits] + [kdlab.batch.forward(t, inputs.x) for t in self.extra]
+            target = mixed_soft_targets(logits, self.weights, self.temperature)
+        t = self.temperature
         log_ps = F.log_softmax(inputs.student_logits / t, 1)
-        kd = F.kl_div(log_ps, target, reduction="batchmean") * t * t
-        ce = masked_cross_entropy(inputs.student_logits, inputs.labels)
-        total = (1 - self.p.alpha) * ce + self.p.alpha * kd
+        # kl_div(log_ps, target, reduction="batchmean") written out (vmap has no batching rule for kl_div); xlogy
+        # keeps 0 * log 0 at 0 as kl_div does
+        kd = (torch.xlogy(target, target) - target * log_ps).sum() / log_ps.shape[0] * t * t
+        ce = masked_cross_entropy(inputs.student_logits, inputs.labels, soft_labels=inputs.soft_labels)
+        total = (1 - self.alpha) * ce + self.alpha * kd
         return kdlab.LossOutput(total=total, terms={"ce": ce, "kd": kd})

@@ -66,7 +66,7 @@ class DeepMutualLearning(kdlab.Loss):
         self.peers = nn.ModuleList(_build(ctx, self.p.peer) for _ in range(self.p.peers)).to(ctx.device)
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        logits = [inputs.student_logits] + [peer(inputs.x).float() for peer in self.peers]
+        logits = [inputs.student_logits] + [kdlab.batch.forward(peer, inputs.x).float() for peer in self.peers]
         k, t = len(logits), self.p.temperature
         ces = [masked_cross_entropy(z, inputs.labels) for z in logits]
         kls = [sum(soft_kl(z, other.detach(), t) for j, other in enumerate(logits) if j != i) / (k - 1)
@@ -107,7 +107,7 @@ class AuxiliaryCoTraining(kdlab.Loss):
         self.aux = _build(ctx, self.p.aux).to(ctx.device)
 
     def forward(self, inputs: kdlab.LossInputs) -> kdlab.LossOutput:
-        main, aux = inputs.student_logits, self.aux(inputs.x).float()
+        main, aux = inputs.student_logits, kdlab.batch.forward(self.aux, inputs.x).float()
         ce = masked_cross_entropy(main, inputs.labels)
         aux_ce = masked_cross_entropy(aux, inputs.labels)
         kd = soft_kl(main, aux.detach(), self.p.temperature)

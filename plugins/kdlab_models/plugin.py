@@ -17,5 +17,7 @@ def kdlab_register_teachers(register):
 
 @kdlab.hookimpl
 def kdlab_register_students(register):
+    # stackable: trials of these students can train as one batched model (kdlab.stacking); BatchNorm keeps its
+    # running statistics per member (stacked buffers updated under vmap), dropout draws per member
     for name, factory, params in _ARCHITECTURES:
-        register(name, factory, params)
+        register(name, factory, params, stackable=True)
