@@ -459,3 +459,14 @@ def test_server_proxied_artifacts_are_the_servers_beside_a_local_store(tmp_path,
     with pytest.raises(MlflowException, match="tracking URI must be a valid http"):
         get_artifact_repository(named)
     assert not (tmp_path / "kdlab-runs" / "artifacts").exists()
+
+
+def test_runs_that_log_a_new_dataset_together_on_a_server_all_get_it(mlflow_server):
+    """The dataset race of a study's first trials (tests/test_store_checks.py) against a tracking server on
+    PostgreSQL, where the loser's insert is a duplicate key of `dataset_pk`."""
+    from test_store_checks import runs_logging_a_new_dataset_together
+
+    from kdlab.tracking import Tracker
+
+    Tracker(mlflow_server.uri, "datasets")
+    runs_logging_a_new_dataset_together(mlflow_server.uri)
