@@ -1,7 +1,8 @@
 """What the runs of one process share: the data, teachers and their outputs (by fingerprint), trackers per MLflow
 experiment, the training rows built for a device, and the session's lifecycle observers (a progress display).
 
-A study's main process prepares a session (data, teacher, teacher outputs) and its forked workers inherit it."""
+A study's main process prepares a session (data, teacher, teacher outputs) and its forked workers inherit it; in a
+study the session also carries the study's storage locks (one process trains a teacher)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class Session:
         self.train_sets: dict[tuple, Any] = {}
         #: lifecycle observers of every run of this session (e.g. the command line's progress display)
         self.observers = list(observers)
+        #: the locks shared by every process of a study (its storage's: ``locks.hold(key)``), set by the study
+        #: runner; ``None`` outside a study. Teachers are trained under one, so that one process trains each.
+        self.locks: Any = None
 
     def get_data(self, loaded: LoadedConfig) -> Data:
         fp = data_fingerprint(loaded)

@@ -38,14 +38,17 @@ def artifact_root(tracking_uri: str) -> Path | None:
 
 def artifact_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None) -> Any:
     """MLflow's artifact repository for a ``mlflow-artifacts:`` URI: the folder beside the SQLite file when the
-    tracking URI is a SQLite store (MLflow itself would refuse), MLflow's HTTP repository otherwise."""
+    tracking URI is a SQLite store (MLflow itself would refuse) and the URI names no server, MLflow's HTTP repository
+    otherwise (an ``mlflow server --serve-artifacts`` proxies them)."""
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
     if tracking_uri is None:
         from mlflow.tracking import get_tracking_uri
 
         tracking_uri = get_tracking_uri()
-    root = artifact_root(tracking_uri)
+    # a URI that names its server (``mlflow-artifacts://host:port/...``) is that server's, whatever store this
+    # process tracks to: it is proxied by that server, never a folder here
+    root = None if urlparse(artifact_uri).netloc else artifact_root(tracking_uri)
     if root is None:
         return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository

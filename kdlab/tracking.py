@@ -73,6 +73,14 @@ def _retry(fn, *args, attempts: int = RETRY_ATTEMPTS, **kwargs):
                                 f"{type(exc).__name__}: {shorten(str(exc), 500)}") from exc
 
 
+def _dataset_taken(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is MLflow inserting a dataset that another run inserted a moment before: the
+    key of its ``datasets`` table (SQLite's and PostgreSQL's wording; MySQL names the key too)."""
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    return ("unique constraint failed: datasets." in text or "dataset_pk" in text
+            or ("duplicate" in text and "datasets" in text))
+
+
 def _uri_of(fn) -> str:
     client = getattr(fn, "__self__", None)
     uri = getattr(client, "_tracking_uri", None) or getattr(client, "tracking_uri", None)
@@ -98,6 +106,7 @@ def _quiet_mlflow() -> None:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at ..." from a server store
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic"):
@@ -193,6 +202,11 @@ class Tracker:
         if status:
             flt += f" and attributes.status = '{status}'"
         return [r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id], filter_string=flt)]
+
+    def search_runs(self, filter_string: str, order_by: list[str] | None = None, max_results: int = 100) -> list[Any]:
+        """Runs of this experiment matching an MLflow filter (``tags.kdlab.role = 'teacher'``), as MLflow ``Run``s."""
+        return _retry(self.client.search_runs, [self.experiment_id], filter_string=filter_string,
+                      order_by=order_by, max_results=max_results)
 
     def find_runs(self, tags: dict[str, str], name: str | None = None) -> list[str]:
         """Ids of this experiment's runs with all of ``tags`` (and run name ``name``), newest first."""
@@ -382,7 +396,16 @@ class TrackedRun:
         ds = Dataset(name=name, digest=digest, source_type=source_type, source=source,
                      schema=json.dumps(schema) if schema is not None else None,
                      profile=json.dumps(profile) if profile is not None else None)
-        _retry(self.client.log_inputs, self.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(ds, [InputTag("mlflow.data.context", context)])]
+        try:
+            _retry(self.client.log_inputs, self.run_id, inputs)
+        except Exception as exc:  # noqa: BLE001 - only the race below is answered; the rest is raised
+            if not _dataset_taken(exc):
+                raise
+            # MLflow looks the dataset up, then inserts it: the first runs of a study's workers, starting together,
+            # all miss it and all insert it, and all but one fail on the dataset's key (experiment, name, digest).
+            # It exists now: logging again links it to this run.
+            _retry(self.client.log_inputs, self.run_id, inputs)
 
     def flush(self, metrics: bool = True) -> None:
         """Send the buffered params (and, unless ``metrics`` is false, metrics) in as few ``log_batch`` calls as

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# real PostgreSQL and MLflow servers for the tests of studies on many machines (started on first use)
+from servers import mlflow_server, postgres_server, postgres_url  # noqa: F401
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Tiny models train fastest single-threaded; two OpenMP threads on a busy 2-core machine are ~10-100x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

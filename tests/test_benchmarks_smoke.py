@@ -93,6 +93,19 @@ def test_workers_parts(bench_env):
     assert bench.run_hand(2, 2, 1) > 0  # two concurrent processes of one hand-written 1-epoch trial each
 
 
+def test_storage_parts(bench_env, tmp_path):
+    """benchmarks/storage.py starts PostgreSQL and an MLflow server (minutes): here its claim loop on a journal file
+    and its study file only."""
+    bench = _load("storage")
+    url = f"journal:{tmp_path / 'optuna.journal'}"
+    assert bench.claims(url, 1, 3, "smoke") > 0  # asserts that exactly the budget ran
+    from kdlab.study.config import load_study_config
+    from kdlab_test_helpers import load_config
+
+    lstudy = load_study_config(load_config(bench.write_study(tmp_path, 4, 2, "smoke")))
+    assert lstudy.study.n_trials == 4 and lstudy.name == "smoke"
+
+
 def test_loss_speed_quick(bench_env, capsys: pytest.CaptureFixture):
     assert _load("loss_speed").main(["--quick"]) == 0
     out = capsys.readouterr().out

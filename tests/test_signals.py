@@ -57,7 +57,8 @@ def test_sigterm_to_the_main_process_stops_the_study_like_ctrl_c(tmp_path, write
     assert not any(alive(pid) for pid in workers)
     study = load_study(kdlab_home, "termed")
     assert len(study.trials) == 2, [(t.number, t.state.name, t.user_attrs) for t in study.trials]
-    assert all(t.state.name == "FAIL" and t.user_attrs["fail_reason"] == "interrupted" for t in study.trials)
+    assert all(t.state.name == "FAIL" and t.user_attrs.get("fail_reason") == "interrupted" for t in study.trials), [
+        (t.number, t.state.name, t.user_attrs) for t in study.trials]
     _, runs = mlflow_runs(kdlab_home, "termed")
     assert next(r for r in runs if r.data.tags.get("kdlab.role") == "study").info.status == "KILLED"
     trials = [r for r in runs if r.data.tags.get("kdlab.role") == "trial"]

@@ -169,6 +169,46 @@ def test_processes_that_create_a_new_store_together_all_succeed(tmp_path):
     assert results == ["ok"] * 3
 
 
+def _log_dataset_together(uri: str, digest: str, barrier, queue) -> None:
+    try:
+        run = Tracker(uri, "datasets").start("trial")
+        barrier.wait(timeout=60)
+        run.log_dataset("digits", digest, "kdlab digits")
+        run.end()
+        queue.put(run.run_id)
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def runs_logging_a_new_dataset_together(uri: str, rounds: int = 3) -> None:
+    """Two processes log the same new dataset on their runs at the same moment (a study's first trials: MLflow looks
+    the dataset up, then inserts it, so both insert it), ``rounds`` times: every run ends with the dataset linked."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(rounds):
+        digest = uuid.uuid4().hex[:16]
+        barrier, queue = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_log_dataset_together, args=(uri, digest, barrier, queue)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        assert all(len(r) == 32 for r in results), results  # run ids, not errors
+        for run_id in results:
+            inputs = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+            assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("digits", digest)]
+
+
+def test_runs_that_log_a_new_dataset_together_all_get_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, "datasets")  # the store and the experiment exist, as in a study
+    runs_logging_a_new_dataset_together(uri)
+
+
 def test_transient_errors_are_retried_and_lasting_ones_named():
     calls = []
 

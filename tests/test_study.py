@@ -276,27 +276,64 @@ def test_failing_and_nan_trials_are_recorded_and_the_study_goes_on(write_config,
     assert by_loss["kd"].data.tags["kdlab.trial_state"] == "COMPLETE"
 
 
-def test_resume_keeps_completed_trials_and_fails_interrupted_ones(write_config, kdlab_home):
+def dead_owner() -> dict:
+    """The owner record of a process of this machine that has exited."""
+    import subprocess
+    import sys
+
+    from kdlab.study.trials import this_process
+
+    child = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE,
+                             text=True)
+    out, _ = child.communicate(timeout=60)
+    return {**this_process(), "pid": int(out), "start": "0"}
+
+
+def test_resume_keeps_completed_trials_and_retries_stale_ones(write_config, kdlab_home):
     path = write_config(study_config(n_trials=2, baseline=False), "resume.yaml")
     run_study(str(path), StudyOptions(quiet=True))
     study = load_study(kdlab_home, "resume")
     before = {t.number: (t.params, t.value, t.datetime_complete) for t in study.trials}
     assert len(before) == 2
-    # a trial left RUNNING by a killed process
+    # a trial left RUNNING by a process that was killed
     stale = study.ask()
+    stale.set_user_attr("owner", dead_owner())
+    stale.suggest_float("optimizer.lr", 1e-3, 3e-2, log=True)
     summary = run_study(str(path), StudyOptions(quiet=True, n_trials=3))
     study = load_study(kdlab_home, "resume")
     for number, (params, value, done) in before.items():
         t = study.trials[number]
         assert (t.params, t.value, t.datetime_complete) == (params, value, done)  # not re-run
-    assert study.trials[stale.number].state.name == "FAIL"
-    assert study.trials[stale.number].user_attrs["fail_reason"] == "interrupted"
-    assert summary["states"] == {"COMPLETE": 3, "FAIL": 1}  # the interrupted trial does not count
+    failed = study.trials[stale.number]
+    assert failed.state.name == "FAIL" and failed.user_attrs["fail_reason"].startswith("stale: owner ")
+    # the stale trial does not count; it is retried once, with its params, as a new trial
+    retry = study.trials[-1]
+    assert retry.user_attrs["retry_of"] == stale.number and retry.state.name == "COMPLETE"
+    assert retry.params["optimizer.lr"] == failed.params["optimizer.lr"]
+    assert summary["states"] == {"COMPLETE": 3, "FAIL": 1}
     # a third run finds the budget spent and runs nothing
     summary = run_study(str(path), StudyOptions(quiet=True, n_trials=3))
     assert summary["states"] == {"COMPLETE": 3, "FAIL": 1}
     _, runs = mlflow_runs(kdlab_home, "resume")
     assert len([r for r in runs if r.data.tags.get("kdlab.role") == "study"]) == 1  # the parent run is reused
+    retried = next(r for r in runs if r.info.run_name == f"trial-{retry.number}")
+    assert retried.data.tags["kdlab.retry_of"] == str(stale.number)
+
+
+def test_a_live_trial_is_never_failed_by_a_process_that_starts(write_config, kdlab_home):
+    """The bug of issue 16: a second `kdlab study` marked the first one's running trial FAIL (interrupted)."""
+    from kdlab.study.trials import this_process
+
+    path = write_config(study_config(n_trials=2, baseline=False), "live.yaml")
+    run_study(str(path), StudyOptions(quiet=True, n_trials=1))
+    study = load_study(kdlab_home, "live")
+    live = study.ask()  # running in a live process: this one
+    live.set_user_attr("owner", this_process())
+    summary = run_study(str(path), StudyOptions(quiet=True, n_trials=2, timeout=3))
+    study = load_study(kdlab_home, "live")
+    assert study.trials[live.number].state.name == "RUNNING"  # waited for (until the deadline), never failed
+    assert summary["states"] == {"COMPLETE": 1, "RUNNING": 1}
+    study.tell(live, 0.5)  # its owner can still tell its result
 
 
 def test_multi_objective_study_has_a_pareto_front(write_config, kdlab_home):

@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("study", help="search distillation hyperparameters with Optuna; `study show FILE` summarises")
-    p.add_argument("target", nargs="+", metavar="[show] FILE", help="study file, or `show FILE`")
+    p = sub.add_parser("study", help="search distillation hyperparameters with Optuna; `study show FILE` summarises, "
+                       "`study status FILE` shows progress by machine and device")
+    p.add_argument("target", nargs="+", metavar="[show|status] FILE", help="study file, or `show FILE`, `status FILE`")
     _add_overrides(p)
     p.add_argument("--n-trials", type=_positive_int, help="trial budget (default: study.n_trials)")
     p.add_argument("--timeout", type=_positive_seconds, help="stop starting trials after this many seconds")

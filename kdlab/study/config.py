@@ -134,6 +134,10 @@ class StudyConfig(_Strict):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     storage: str | None = Field(None, description="Optuna storage URL or journal file (default: "
                                                   "$KDLAB_HOME/optuna.journal)")
+    heartbeat_interval: Int = Field(30, ge=1, le=3600, description="seconds between the heartbeats of a running "
+                                    "trial (server RDB storages: PostgreSQL, MySQL)")
+    grace_period: Int = Field(120, ge=2, le=86400, description="seconds without a heartbeat after which a running "
+                              "trial's machine is taken for dead: the trial fails and is retried once")
     devices: Literal["auto", "cpu"] | Annotated[list[str], Field(min_length=1)] = "auto"
     workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = Field(
         "auto", description="worker processes; auto: one per GPU, or one per CPU core")
@@ -148,6 +152,14 @@ class StudyConfig(_Strict):
     declared_space: bool = Field(True, description="when loss.name is searched: also search each chosen loss's own "
                                                    "declared space (its plugin's search_space) for params the file "
                                                    "does not search (not with the grid sampler)")
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self):
+        # a grace period within one beat would fail live trials between two of their heartbeats
+        if self.grace_period < 2 * self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must be at least twice heartbeat_interval "
+                             f"({self.heartbeat_interval})")
+        return self
 
     @property
     def objectives(self) -> list[Objective]:

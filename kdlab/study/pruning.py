@@ -1,5 +1,6 @@
 """A trial's lifecycle observer: reports each epoch's objective to Optuna and stops the run when Optuna prunes it
-(the run ends ``KILLED`` with the reason), and remembers the run's MLflow id for the trial's record."""
+(the run ends ``KILLED`` with the reason), and records the run's MLflow id on the trial as soon as the run starts
+(so that a process that finds the trial stale can end its run)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import kdlab
 from kdlab.errors import Pruned
+from kdlab.study import attrs
 from kdlab.types import RunInfo
 
 
@@ -24,6 +26,8 @@ class TrialObserver:
     def kdlab_run_start(self, run: RunInfo) -> None:
         if run.trial_number == self.trial.number:
             self.run, self.run_id = run, run.run_id
+            if run.run_id:
+                self.trial.set_user_attr(attrs.RUN_ID, run.run_id)
 
     @kdlab.hookimpl(trylast=True)
     def kdlab_epoch_end(self, run: RunInfo, epoch: int, metrics: dict[str, float]) -> None:

@@ -20,6 +20,7 @@ from kdlab.study.best_model import best_student, decode
 from kdlab.study.config import LoadedStudy
 from kdlab.study.plots import study_plots
 from kdlab.study.report import summarize
+from kdlab.study.trials import fail_reason
 from kdlab.tracking import NOTE, TrackedRun, Tracker
 
 log = logging.getLogger("kdlab")
@@ -28,7 +29,7 @@ log = logging.getLogger("kdlab")
 BEST = ("val_accuracy", "test_accuracy", "agreement", "compression_ratio", "student_params",
         *(k for k in COSTS if k.startswith("student_") or k == "flops_compression_ratio"))
 
-__all__ = ["open_parent_run", "fail_stale_runs", "finalize", "decode", "parent_params", "BEST"]
+__all__ = ["open_parent_run", "close_finished_runs", "finalize", "decode", "parent_params", "BEST"]
 
 
 def parent_params(lstudy: LoadedStudy) -> dict[str, Any]:
@@ -49,14 +50,18 @@ def parent_params(lstudy: LoadedStudy) -> dict[str, Any]:
 
 def open_parent_run(study, lstudy: LoadedStudy, tracker: Tracker) -> TrackedRun:
     """The study's parent run: the one recorded on the study (reopened) when it is in this experiment, else a new
-    one with the base config, the search space and the study settings."""
+    one with the base config, the search space and the study settings.
+
+    The caller holds the study's storage lock, so that processes that start together on several machines find one
+    parent run: the first creates it and records it on the study, the others find it there."""
     run_id = study.user_attrs.get(attrs.PARENT)
     tracker.describe_experiment(experiment_description(lstudy))
     if run_id:
         found = tracker.run_info(run_id)
         if found is not None and found.info.experiment_id == tracker.experiment_id:
             parent = tracker.run(run_id)
-            parent.reopen()
+            if found.info.status != "RUNNING":
+                parent.reopen()
             return parent
     parent = tracker.start(f"study-{lstudy.name}", tags={
         "kdlab.role": "study", "kdlab.study": lstudy.name, **source_tags(lstudy.loaded),
@@ -87,12 +92,25 @@ def experiment_description(lstudy: LoadedStudy) -> str:
             "the `ce` baseline are nested under it; the teacher is a run of its own.")
 
 
-def fail_stale_runs(tracker: Tracker, parent_run_id: str) -> None:
-    """Trial runs left RUNNING under the parent by an interrupted process end ``FAILED`` (reason: interrupted)."""
-    for run_id in tracker.child_runs(parent_run_id, status="RUNNING"):
-        run = tracker.run(run_id)
-        run.set_tags({"kdlab.trial_state": "FAIL", "kdlab.fail_reason": attrs.INTERRUPTED})
-        run.end("FAILED")
+#: the MLflow status of a trial run, by the state of its trial
+_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def close_finished_runs(study, tracker: Tracker, parent_run_id: str) -> None:
+    """Trial runs left ``RUNNING`` under the parent whose trial has ended (a process died before it closed its run)
+    end with the status of their trial. Runs of trials that still run are left alone: they may belong to a live
+    process on this machine or another one."""
+    trials = {str(t.number): t for t in study.get_trials(deepcopy=False)}
+    for run in tracker.search_runs(f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
+        trial = trials.get(run.data.tags.get("kdlab.trial_number") or run.data.params.get("trial_number", ""))
+        if trial is None or trial.state.name not in _RUN_STATUS:
+            continue
+        handle = tracker.run(run.info.run_id)
+        tags = {"kdlab.trial_state": trial.state.name}
+        if trial.state.name != "COMPLETE":
+            tags["kdlab.fail_reason"] = fail_reason(trial)[:5000]
+        handle.set_tags(tags)
+        handle.end(_RUN_STATUS[trial.state.name])
 
 
 def finalize(study, lstudy: LoadedStudy, tracker: Tracker, parent: TrackedRun, status: str) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from kdlab.study import attrs
-from kdlab.study.trials import finished_count
+from kdlab.study.trials import describe_owner, fail_reason, finished_count
 
 
 def _states(study) -> dict[str, int]:
@@ -43,9 +43,68 @@ def summarize(study) -> dict[str, Any]:
         "parent_run_id": user.get(attrs.PARENT),
         "experiment": user.get(attrs.EXPERIMENT),
         "tracking_uri": user.get(attrs.TRACKING),
-        "failures": [{"number": t.number, "reason": t.user_attrs.get(attrs.FAIL, "")}
+        "failures": [{"number": t.number, "reason": fail_reason(t)}
                      for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"],
     }
+
+
+def status(study, target: int | None = None) -> dict[str, Any]:
+    """A study's progress across every process and machine, read from its storage (``kdlab study status``): the
+    summary, plus trials by state per machine and device, the running trials and their owners, the retries."""
+    from datetime import datetime
+
+    out = summarize(study)
+    by_place: dict[tuple[str, str], dict[str, int]] = {}
+    running, retries = [], []
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False):
+        owner = t.user_attrs.get(attrs.OWNER) or {}
+        place = (str(owner.get("host", "-")), str(t.user_attrs.get(attrs.DEVICE, "-")))
+        counts = by_place.setdefault(place, {})
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        if t.state.name == "RUNNING":
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else None
+            running.append({"number": t.number, "owner": describe_owner(owner), "device": place[1],
+                            "seconds": age})
+        if attrs.RETRY_OF in t.user_attrs:
+            retries.append({"number": t.number, "retry_of": t.user_attrs[attrs.RETRY_OF], "state": t.state.name})
+    out["finished"] = finished_count(study)
+    out["n_trials"] = target
+    out["deadline"] = study.user_attrs.get(attrs.DEADLINE)
+    out["by_place"] = [{"host": h, "device": d, "states": c} for (h, d), c in sorted(by_place.items())]
+    out["running"] = running
+    out["retries"] = retries
+    return out
+
+
+def render_status(st: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    states = st["states"]
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())) or "no trials yet"
+    budget = f" ({st['finished']} of {st['n_trials']} counted trials done)" if st.get("n_trials") else ""
+    console.print(f"[bold]study {st['study']}[/bold]: {counts}{budget}")
+    names = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    table = Table(title="trials by machine and device", title_justify="left")
+    for col in ("host", "device", *[n.lower() for n in names]):
+        table.add_column(col, justify="left" if col in ("host", "device") else "right")
+    for row in st["by_place"]:
+        table.add_row(row["host"], row["device"], *[str(row["states"].get(n, 0)) for n in names])
+    console.print(table)
+    for r in st["running"]:
+        age = f", {r['seconds']:.0f} s" if r["seconds"] is not None else ""
+        console.print(f"running: trial {r['number']} on {r['owner']} ({r['device']}{age})")
+    for r in st["retries"]:
+        console.print(f"retry: trial {r['number']} re-runs stale trial {r['retry_of']} ({r['state'].lower()})")
+    best = st["best"]
+    if best:
+        b = best[0]
+        vals = ", ".join(f"{v:.4g}" for v in (b["values"] or []))
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items())
+        console.print(f"best: trial {b['number']} ({vals}): {params}")
+    fails = st.get("failures") or []
+    if fails:
+        console.print(f"{len(fails)} failed trial(s); last: trial {fails[-1]['number']}: {fails[-1]['reason'][:200]}")
 
 
 def render_summary(summary: dict[str, Any], console) -> None:

@@ -185,7 +185,7 @@ class StackedTrials:
 
         spec = self.objective.spec
         return auto_capacity(count_params(first.prep.student), spec.device, first.loaded.config.training.batch_size,
-                             spec.budget, spec.workers)
+                             spec.target, spec.workers)
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
@@ -325,6 +325,8 @@ class StackedTrials:
               values: list[float] | None = None) -> None:
         import optuna
 
+        from kdlab.study.trials import tell
+
         trial = c.trial
         if reason is not None:
             trial.set_user_attr(attrs.FAIL, reason)
@@ -336,7 +338,7 @@ class StackedTrials:
             self.objective.conclude(trial, run_id, state, c.chosen, metrics)
         finally:
             try:
-                self.study.tell(trial, values if state == "COMPLETE" else None, state=kind)
+                tell(self.study, trial, values if state == "COMPLETE" else None, kind)
             finally:
                 if c.alive is not None:
                     c.alive.close()

@@ -1,7 +1,8 @@
 """A study worker: one process per device slot, running trials one at a time on its device.
 
-Workers share a trial counter so that a study runs exactly its budget of trials however many workers take part.
-Each trial is one run of :func:`kdlab.modes.run` with a :class:`~kdlab.study.pruning.TrialObserver` watching it;
+Workers claim trials against the budget kept in the study's storage (:mod:`kdlab.study.trials`), under the study's
+storage lock, so that a study runs exactly ``n_trials`` trials however many workers, processes and machines take
+part. Each trial is one run of :func:`kdlab.modes.run` with a :class:`~kdlab.study.pruning.TrialObserver` watching it;
 its outcome is told to Optuna, tagged on its MLflow run, and announced with ``kdlab_trial_end``.
 """
 
@@ -33,7 +34,9 @@ class WorkerSpec:
     threads: int
     index: int
     deadline: float | None = None  # time.time() after which no trial starts
-    budget: int = 0
+    target: int = 0  # the study's n_trials, counted in the storage across every process
+    heartbeat_interval: int = 30
+    grace_period: int | None = 120
     workers: int = 1  # worker processes of this run of the study (stack: auto shares the budget between them)
     stack: int | str = 1  # study.stack: trials trained together as one batched model (1: one at a time)
     plugin_env: dict[str, str] = field(default_factory=dict)
@@ -104,7 +107,11 @@ class Objective:
         """How the trial's run is recorded: a nested ``trial-<n>`` run of the study's parent run."""
         from kdlab.lifecycle import RunOptions
 
-        tags = {"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING"}
+        tags = {"kdlab.study": self.spec.study_name, "kdlab.trial_state": "RUNNING",
+                "kdlab.trial_number": str(trial.number)}
+        retry_of = trial.user_attrs.get(attrs.RETRY_OF)
+        if retry_of is not None:
+            tags["kdlab.retry_of"] = str(retry_of)
         if stacked:
             tags["kdlab.stacked"] = "true"
         return RunOptions(role="trial", parent_run_id=self.spec.parent_run_id, run_name=f"trial-{trial.number}",
@@ -155,15 +162,19 @@ class Objective:
             pass
 
 
-def open_study(spec: WorkerSpec, lstudy):
+def open_study(spec: WorkerSpec, lstudy, on_stale=None):
+    """The study in its storage (and the storage object), with this worker's sampler and the study's pruner."""
     import optuna
 
     from kdlab.study.sampling import build_pruner, build_sampler
     from kdlab.study.storage import make_storage
 
     optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
-    return optuna.load_study(study_name=spec.study_name, storage=make_storage(spec.storage_url),
-                             sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
+    storage = make_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval,
+                           grace_period=spec.grace_period, on_stale=on_stale)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage,
+                              sampler=build_sampler(lstudy.study, spec.index), pruner=build_pruner(lstudy.study))
+    return study, storage
 
 
 def preimport() -> None:
@@ -174,8 +185,27 @@ def preimport() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
-def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session=None) -> None:
-    """Claim trials from the shared ``counter`` until the budget or the deadline is reached.
+def end_stale_run(tracker):
+    """``end_run(run_id, reason)`` for :class:`~kdlab.study.trials.StaleTrials`: the MLflow run of a stale trial
+    ends ``FAILED`` with the reason."""
+
+    def end(run_id: str, reason: str) -> None:
+        info = tracker.run_info(run_id)
+        if info is None or info.info.status != "RUNNING":
+            return
+        run = tracker.run(run_id)
+        run.set_tags({"kdlab.trial_state": "FAIL", "kdlab.fail_reason": reason[:5000]})
+        run.end("FAILED")
+
+    return end
+
+
+def run_worker(spec: WorkerSpec, on_trial=None, session=None) -> None:
+    """Claim trials against the study's budget in its storage until it is spent or the deadline has passed.
+
+    Each claim is made under the study's storage lock: stale trials are failed (and retried), the budget is
+    counted, and the trial is asked for; the lock is released once the trial has recorded its owner. When the budget
+    is claimed but other processes' trials still run, the worker waits for them: one that goes stale is retried.
 
     ``session``: the data and teacher outputs already loaded by this process (in-process or forked workers)."""
     import os
@@ -192,58 +222,117 @@ def run_worker(spec: WorkerSpec, counter=None, lock=None, on_trial=None, session
     from kdlab.plugins import get_registry
     from kdlab.session import Session
     from kdlab.study.config import LoadedStudy, load_study_config
+    from kdlab.study.storage import storage_locks
+    from kdlab.study.trials import StaleTrials
 
     loaded = load_config(spec.config_path, registry=get_registry(), overrides=spec.overrides)
     lstudy = LoadedStudy(loaded, load_study_config(loaded).study, spec.overrides)
-    study = open_study(spec, lstudy)
+    on_stale = StaleTrials()
+    study, storage = open_study(spec, lstudy, on_stale)
     session = session or Session()
+    if session.locks is None:
+        session.locks = storage_locks(spec.storage_url)
+    tracker = session.tracker(loaded)
+    if tracker is not None:
+        on_stale.end_run = end_stale_run(tracker)
     preimport()  # before the first trial, so that its recorded time is the trial's
     objective = Objective(spec, lstudy, session)
+    poll = max(0.5, min(5.0, spec.heartbeat_interval / 2))
     if spec.stack != 1:
-        _run_stacked(spec, study, objective, counter, lock, on_trial)
-        return
-    claimed = 0
-    while True:
-        if spec.deadline is not None and time.time() >= spec.deadline:
-            break
+        # stacks while the budget lasts; the loop below then waits for other processes' trials (and retries a stale
+        # one) exactly as an unstacked worker does
+        run_stacked(study, storage, spec.storage_url, session.locks, objective, spec, on_stale=on_stale,
+                    on_trial=on_trial)
+    run_trials(study, storage, spec.storage_url, session.locks, objective, spec.target, deadline=spec.deadline,
+               on_stale=on_stale, on_trial=on_trial, poll=poll)
+
+
+def run_trials(study, storage, url: str, locks, objective, target: int, *, deadline: float | None = None,
+               on_stale=None, on_trial=None, poll: float = 1.0) -> int:
+    """The claim loop of a worker: run ``objective`` in trials of ``study`` until the study's budget of ``target``
+    trials is spent (counted in the storage) or ``deadline`` has passed; returns the number of trials run here.
+
+    Each claim is made under the study's lock in ``locks``: stale trials are failed (and retried through
+    ``on_stale``), the budget is counted, the trial is asked for and records its owner, and the lock is released
+    before ``objective`` runs. While the budget is claimed but other processes' trials still run, the loop polls
+    every ``poll`` seconds: one that goes stale is retried here."""
+    from kdlab.study.trials import DONE, RUN, STUDY_LOCK, decide, sweep, this_process
+
+    lock = locks.lock(STUDY_LOCK.format(name=study.study_name))
+
+    def owned(trial):
+        try:
+            trial.set_user_attr(attrs.OWNER, this_process())
+        finally:
+            lock.release()  # the trial is RUNNING in the storage, with its owner: other claims may go on
+        return objective(trial)
+
+    ran = 0
+    while deadline is None or time.time() < deadline:
         stop = signals.stopping()
         if stop is not None:  # a stop signal came while a trial was being recorded: start no other
             raise stop()
-        if counter is not None:
-            with lock:
-                if counter.value >= spec.budget:
-                    break
-                counter.value += 1
-        elif claimed >= spec.budget:
+        lock.acquire(waiting=f"waiting for the lock of study {study.study_name}")
+        try:
+            sweep(study, storage, url, on_stale)
+            decision = decide(study, target, url)
+            if decision == RUN:
+                _optimize_one(study, owned)
+                ran += 1
+        finally:
+            lock.release()
+        if decision == DONE:
             break
-        claimed += 1
+        if decision == RUN:
+            if on_trial is not None:
+                on_trial(study)
+        else:
+            time.sleep(poll)
+    return ran
+
+
+def _optimize_one(study, objective) -> None:
+    import logging
+
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        if on_trial is not None:
-            on_trial(study)
+    except (UpdateFinishedTrialError, ValueError) as exc:
+        if "finished" not in str(exc).lower() and "cannot tell" not in str(exc).lower():
+            raise
+        # another process judged this trial stale (its heartbeat was late past the grace period) and failed it;
+        # its retry runs elsewhere: drop this result rather than the worker
+        logging.getLogger("kdlab").warning("a trial was failed by another process before it ended: %s", exc)
 
 
-def _run_stacked(spec: WorkerSpec, study, objective: Objective, counter, lock, on_trial) -> None:
-    """The worker's loop with ``study.stack`` > 1 (:mod:`kdlab.study.stacked`): each claim is counted against the
-    budget exactly as a lone trial's is."""
+def run_stacked(study, storage, url: str, locks, objective: Objective, spec: WorkerSpec, *, on_stale=None,
+                on_trial=None) -> int:
+    """The worker's stacked loop (``study.stack`` > 1, :mod:`kdlab.study.stacked`) while the budget lasts: each
+    trial is claimed exactly as :func:`run_trials` claims one (under the study's lock, stale trials swept, the
+    budget counted in the storage, the owner recorded) and keeps its heartbeat from its claim to its tell."""
     from kdlab.study.stacked import StackedTrials
+    from kdlab.study.trials import RUN, STUDY_LOCK, decide, heartbeat, sweep, this_process
 
-    claimed = [0]
+    lock = locks.lock(STUDY_LOCK.format(name=study.study_name))
 
     def claim():
-        if spec.deadline is not None and time.time() >= spec.deadline:
+        if (spec.deadline is not None and time.time() >= spec.deadline) or signals.stopping() is not None:
             return None
-        if counter is not None:
-            with lock:
-                if counter.value >= spec.budget:
-                    return None
-                counter.value += 1
-        elif claimed[0] >= spec.budget:
-            return None
-        claimed[0] += 1
-        return study.ask()
+        lock.acquire(waiting=f"waiting for the lock of study {study.study_name}")
+        try:
+            sweep(study, storage, url, on_stale)
+            if decide(study, spec.target, url) != RUN:
+                return None
+            trial = study.ask()
+            trial.set_user_attr(attrs.OWNER, this_process())
+            return trial
+        finally:
+            lock.release()
 
-    StackedTrials(objective, study, spec.stack, claim, lone=lambda trial: tell_objective(study, objective, trial),
-                  on_trial=on_trial).run()
+    return StackedTrials(objective, study, spec.stack, claim,
+                         lone=lambda trial: tell_objective(study, objective, trial),
+                         keepalive=lambda trial: heartbeat(trial, storage), on_trial=on_trial).run()
 
 
 def tell_objective(study, objective, trial) -> None:
@@ -251,20 +340,22 @@ def tell_objective(study, objective, trial) -> None:
     import optuna
     from optuna.trial import TrialState
 
+    from kdlab.study.trials import tell
+
     try:
         value = objective(trial)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        tell(study, trial, None, TrialState.PRUNED)
     except KeyboardInterrupt:
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, None, TrialState.FAIL)
         raise
     except Exception:  # noqa: BLE001 - recorded on the trial (fail_reason), as study.optimize(catch=...) does
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, None, TrialState.FAIL)
     else:
-        study.tell(trial, value)
+        tell(study, trial, value, TrialState.COMPLETE)
 
 
-def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:
+def worker_entry(spec: WorkerSpec, session=None) -> None:
     """Process entry point (top level, so that ``spawn`` can import it). The worker stops cleanly on SIGINT or
     SIGTERM, and gets SIGTERM when the main process dies."""
     import multiprocessing
@@ -276,7 +367,7 @@ def worker_entry(spec: WorkerSpec, counter, lock, session=None) -> None:
     parent = multiprocessing.parent_process()
     worker_process(parent.pid if parent is not None else None)
     try:
-        run_worker(spec, counter, lock, session=session)
+        run_worker(spec, session=session)
     except Terminated:
         sys.exit(143)
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
-"""The configured teacher, from the first place that has it: this session, a checkpoint file, an MLflow URI, the
-local cache, or trained now. Also the ``build_teacher`` callback that gives multi-teacher losses more teachers,
-each handled the same way."""
+"""The configured teacher, from the first place that has it: this session, a checkpoint file, an MLflow URI, a
+finished teacher run with its fingerprint in the tracking store (shared by every machine of a study: weights taken
+from the local cache or downloaded), the local cache, or trained now (by one process of a study, under its lock).
+Also the ``build_teacher`` callback that gives multi-teacher losses more teachers, each handled the same way."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from kdlab.functional import accuracy
 from kdlab.models import build_model, load_from_mlflow
 from kdlab.registry import Component
 from kdlab.session import Session
-from kdlab.teachers.cache import cached_teacher
+from kdlab.teachers.cache import cached_teacher, store_teacher
 from kdlab.teachers.fingerprint import teacher_fingerprint
+from kdlab.teachers.shared import claim, end_orphans, fetch_weights, find_teacher_run
 from kdlab.teachers.train import record_cached_teacher, train_teacher
 from kdlab.training import predict
 from kdlab.types import Data
@@ -33,7 +35,8 @@ log = logging.getLogger("kdlab")
 class Teacher:
     model: nn.Module
     fingerprint: str
-    source: str  # "trained", "cache", "checkpoint", "mlflow"
+    #: "trained", "cache" (the local cache), "shared" (downloaded from its teacher run), "checkpoint", "mlflow"
+    source: str
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     #: what it costs to run (``kdlab.costs.model_costs``), by device: measured once per session
@@ -70,17 +73,8 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
                           fp, "mlflow")
         if cfg.mlflow_uri.startswith("runs:/"):
             teacher.run_id = cfg.mlflow_uri.split("/")[1]
-    elif (hit := cached_teacher(fp)) is not None:
-        state, meta = hit
-        model = build_model(comp, params, data)
-        load_weights(model, state, key="teacher cache", value=fp)
-        teacher = Teacher(model, fp, "cache", meta.get("run_id"), meta.get("metrics", {}))
-        if track:
-            teacher.run_id = record_cached_teacher(loaded, session, fp, meta)
-        log.info("teacher %s reused from cache (%s)", cfg.name, fp[:8])
     else:
-        model, run_id, metrics = train_teacher(loaded, data, device, session, fp, track=track)
-        teacher = Teacher(model, fp, "trained", run_id, metrics)
+        teacher = _shared_cached_or_trained(loaded, data, device, session, fp, track)
     teacher.component = comp
     teacher.model.to(device).eval()
     for p in teacher.model.parameters():
@@ -90,6 +84,58 @@ def get_teacher(loaded: LoadedConfig, data: Data, device: torch.device, session:
                          "teacher.checkpoint" if cfg.checkpoint else "teacher.mlflow_uri")
     session.teachers[fp] = teacher
     return teacher
+
+
+def _shared_cached_or_trained(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, fp: str,
+                              track: bool) -> Teacher:
+    cfg = loaded.config.teacher
+    tracker = session.tracker(loaded) if track else None
+    found = find_teacher_run(tracker, fp) if tracker is not None else None
+    if found is None:
+        with claim(session, f"teacher:{fp}", f"training teacher {cfg.name} ({fp[:8]})") as locked:
+            found = find_teacher_run(tracker, fp) if tracker is not None else None
+            if found is None:
+                if locked and tracker is not None:
+                    end_orphans(tracker, fp)
+                return _cached_or_trained(loaded, data, device, session, fp, track)
+    return _from_run(loaded, data, session, fp, found, tracker)
+
+
+def _cached_or_trained(loaded: LoadedConfig, data: Data, device: torch.device, session: Session, fp: str,
+                       track: bool) -> Teacher:
+    cfg = loaded.config.teacher
+    comp, params = loaded.components["teacher"], loaded.params["teacher"]
+    if (hit := cached_teacher(fp)) is not None:
+        state, meta = hit
+        model = build_model(comp, params, data)
+        load_weights(model, state, key="teacher cache", value=fp)
+        teacher = Teacher(model, fp, "cache", meta.get("run_id"), meta.get("metrics", {}))
+        if track:
+            teacher.run_id = record_cached_teacher(loaded, session, fp, meta)
+        log.info("teacher %s reused from cache (%s)", cfg.name, fp[:8])
+        return teacher
+    model, run_id, metrics = train_teacher(loaded, data, device, session, fp, track=track)
+    return Teacher(model, fp, "trained", run_id, metrics)
+
+
+def _from_run(loaded: LoadedConfig, data: Data, session: Session, fp: str, run: Any, tracker) -> Teacher:
+    """The teacher of a finished teacher run: weights from the local cache when it has them, else downloaded from
+    the run's artifacts (and cached)."""
+    cfg = loaded.config.teacher
+    comp, params = loaded.components["teacher"], loaded.params["teacher"]
+    run_id = run.info.run_id
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("teacher_")}
+    model = build_model(comp, params, data)
+    if (hit := cached_teacher(fp)) is not None:
+        load_weights(model, hit[0], key="teacher cache", value=fp)
+        log.info("teacher %s reused from cache (%s)", cfg.name, fp[:8])
+        return Teacher(model, fp, "cache", run_id, hit[1].get("metrics") or metrics)
+    path = fetch_weights(tracker, run_id)
+    load_weights(model, load_state_dict_file(path, "teacher run"), key="teacher run", value=run_id)
+    store_teacher(fp, model, {"run_id": run_id, "metrics": metrics, "name": cfg.name, "params": cfg.params,
+                              "tracking_uri": tracker.uri})
+    log.info("teacher %s (%s) downloaded from run %s", cfg.name, fp[:8], run_id)
+    return Teacher(model, fp, "shared", run_id, metrics)
 
 
 def _made_here(checkpoint: str) -> bool:

@@ -14,8 +14,10 @@ from kdlab.config import LoadedConfig
 from kdlab.errors import KdlabError
 from kdlab.loading import Rows, ViewTable, num_rows
 from kdlab.session import Session
-from kdlab.teachers.cache import teacher_outputs
+from kdlab.teachers.cache import outputs_path, teacher_outputs
+from kdlab.teachers.shared import shared_outputs
 from kdlab.teachers.views import teacher_views, views_key
+from kdlab.tracking import Tracker
 from kdlab.types import Data
 
 
@@ -32,16 +34,26 @@ def augmented(loaded: LoadedConfig) -> bool:
 
 
 def outputs_for_run(loaded: LoadedConfig, teacher: Any, data: Data, device: torch.device,
-                    session: Session) -> dict[str, torch.Tensor]:
+                    session: Session, tracker: Tracker | None = None) -> dict[str, torch.Tensor]:
     """The teacher's logits over the splits: all of them, or under random augmentation only validation and test
-    (training then runs the teacher live or replays views); computed once per session and cached on disk."""
+    (training then runs the teacher live or replays views); computed once per session and cached on disk. With
+    ``tracker`` (a study), the cache file is shared through the teacher's run: downloaded when another process
+    published it, else computed by one process and published (:func:`kdlab.teachers.shared.shared_outputs`)."""
     fixed = not augmented(loaded)
     key = (teacher.fingerprint, str(device)) if fixed else (teacher.fingerprint, f"{device}:eval")
     if key not in session.outputs:
         cfg = loaded.config
-        session.outputs[key] = teacher_outputs(
-            teacher, data, device, cfg.training.eval_batch_size, augment=run_augment(loaded, data),
-            loader=cfg.data.loader, splits=None if fixed else ["val", "test"])
+        splits = None if fixed else ["val", "test"]
+
+        def compute() -> dict[str, torch.Tensor]:
+            return teacher_outputs(teacher, data, device, cfg.training.eval_batch_size,
+                                   augment=run_augment(loaded, data), loader=cfg.data.loader, splits=splits)
+
+        if tracker is None or data.streamed:  # streamed outputs are a folder of arrays: each machine makes its own
+            session.outputs[key] = compute()
+        else:
+            session.outputs[key] = shared_outputs(teacher, outputs_path(teacher.fingerprint, splits), session,
+                                                  tracker, compute)
     return session.outputs[key]
 
 
@@ -81,11 +93,11 @@ def _joined(rows: Rows) -> Any:
 
 
 def prepare_outputs(loaded: LoadedConfig, teacher: Any, data: Data, device: torch.device,
-                    session: Session) -> dict[str, torch.Tensor]:
+                    session: Session, tracker: Tracker | None = None) -> dict[str, torch.Tensor]:
     """Everything of the teacher's that the runs of ``loaded`` will read, made once before a study's trials: its
-    outputs (:func:`outputs_for_run`) and, under ``teacher.mode: views``, its views of the training rows (with the
-    transfer rows when ``training.use_transfer`` is on). Returns the outputs."""
-    outputs = outputs_for_run(loaded, teacher, data, device, session)
+    outputs (:func:`outputs_for_run`, shared through ``tracker`` when given) and, under ``teacher.mode: views``, its
+    views of the training rows (with the transfer rows when ``training.use_transfer`` is on). Returns the outputs."""
+    outputs = outputs_for_run(loaded, teacher, data, device, session, tracker)
     cfg = loaded.config
     if cfg.teacher is not None and cfg.teacher.mode == "views" and augmented(loaded):
         views_for_run(loaded, teacher, data, device, session,
