@@ -213,3 +213,23 @@ def test_ctrl_c_ends_every_member_killed_and_the_study_resumes(write_config, kdl
     signals.reset()
     summary = run_study(str(path), StudyOptions(quiet=True))  # resumed: interrupted trials do not count
     assert summary["states"] == {"COMPLETE": 3, "FAIL": 3}
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_two_stacking_workers_share_the_budget_in_the_storage(write_config, kdlab_home, tmp_path, request, kind):
+    """Two worker processes, each with its own stack, claim from the budget kept in the storage (a journal file, or
+    PostgreSQL with heartbeats): exactly n_trials trials, each once, every one recorded with its owner."""
+    url = (f"journal:{tmp_path / 'stacked.journal'}" if kind == "journal"
+           else request.getfixturevalue("postgres_url"))
+    cfg = study_config(n_trials=7, workers=2, stack=3, baseline=False, storage=url)
+    summary = run_study(str(write_config(cfg, "two.yaml")), StudyOptions(quiet=True))
+    assert summary["states"] == {"COMPLETE": 7}
+    from kdlab.study.storage import make_storage
+
+    study = optuna.load_study(study_name="two", storage=make_storage(url))
+    assert len(study.trials) == 7
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}  # both workers stacked trials
+    assert all(not t.user_attrs["stack"].startswith("alone") and "owner" in t.user_attrs for t in study.trials)
+    _, runs = mlflow_runs(kdlab_home, "two")
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("kdlab.role") == "trial") == \
+        sorted(f"trial-{t.number}" for t in study.trials)
