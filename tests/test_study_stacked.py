@@ -233,3 +233,23 @@ def test_two_stacking_workers_share_the_budget_in_the_storage(write_config, kdla
     _, runs = mlflow_runs(kdlab_home, "two")
     assert sorted(r.info.run_name for r in runs if r.data.tags.get("kdlab.role") == "trial") == \
         sorted(f"trial-{t.number}" for t in study.trials)
+
+
+def test_a_held_trial_keeps_its_heartbeat_until_released(postgres_url):
+    """A stacked trial waits and trains outside study.optimize: its heartbeat thread keeps it from going stale while
+    it is held, and stops when it is released."""
+    import time
+
+    from kdlab.study.storage import make_storage
+    from kdlab.study.trials import heartbeat
+
+    storage = make_storage(postgres_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="held", storage=storage)
+    trial = study.ask()
+    with heartbeat(trial, storage):
+        time.sleep(3.5)  # past the grace period: only the beats keep it alive
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state.name == "RUNNING"
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state.name == "FAIL"

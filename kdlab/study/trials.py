@@ -21,8 +21,9 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kdlab.study import attrs
 
@@ -294,13 +295,35 @@ class StaleWatch:
         self._thread.join(timeout=30)
 
 
-def heartbeat(trial, storage):
+@contextmanager
+def heartbeat(trial, storage) -> Iterator[None]:
     """The heartbeat of ``trial`` while it is held outside ``study.optimize`` (a stacked trial, from its claim to its
-    tell): a context manager, a thread recording the heartbeat on RDB storages with heartbeats, nothing elsewhere.
-    Optuna's own (``study.optimize`` runs the same thread); its module is private, so it is reached here only."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
+    tell): on storages with heartbeats (server RDBs) a thread records one every ``heartbeat_interval`` seconds, as
+    ``study.optimize``'s own thread does; elsewhere nothing. Only the storages' public methods are used."""
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        yield
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(trial.study.study_name), trial.number)
+    stop = threading.Event()
 
-    return get_heartbeat_thread(trial._trial_id, storage)
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
+                log.debug("heartbeat of trial %s failed: %s", trial.number, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"kdlab-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def tell(study, trial, values, state) -> bool:
