@@ -93,12 +93,17 @@ def tiny_digits_config(**overrides) -> dict:
         "training": {"epochs": 3, "batch_size": 128, "seed": 0, "device": "cpu"},
         "tracking": {"experiment": "test", "log_model": False},
     }
+    return set_dotted(cfg, overrides)
+
+
+def set_dotted(cfg: dict, overrides: dict) -> dict:
+    """``cfg`` with each dotted key of ``overrides`` (``training.epochs``) set, parents created as needed."""
     for key, value in overrides.items():
         node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
+        *parents, last = key.split(".")
+        for p in parents:
             node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        node[last] = value
     return cfg
 
 

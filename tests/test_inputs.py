@@ -13,7 +13,7 @@ import kdlab
 from kdlab import batch
 from kdlab.modes import Session, run
 from kdlab.testing import check_data, check_loss, check_model, components_of
-from kdlab_test_helpers import load_config, tiny_digits_config
+from kdlab_test_helpers import load_config, set_dotted, tiny_digits_config
 
 VOCAB, LENGTH, CLASSES = 12, 10, 3
 
@@ -115,13 +115,7 @@ def _config(**overrides) -> dict:
                     "training": {"epochs": 12, "batch_size": 32, "optimizer": {"lr": 0.01}}},
         "student": {"name": "tokennet", "params": {"dim": 8}},
         "training.epochs": 6, "training.batch_size": 32, "training.threads": 1, "tracking.enabled": False})
-    for key, value in overrides.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
+    return set_dotted(cfg, overrides)
 
 
 @pytest.mark.parametrize("named", [True, False], ids=["named", "ids"])

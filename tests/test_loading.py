@@ -19,7 +19,7 @@ from kdlab.loading import Concat, Rows, head, read
 from kdlab.modes import Session, run
 from kdlab.plugins import get_registry
 from kdlab.testing import ConformanceError, check_data
-from kdlab_test_helpers import load_config, tiny_digits_config
+from kdlab_test_helpers import load_config, set_dotted, tiny_digits_config
 
 
 def _make(name: str, seed: int = 0, **params) -> kdlab.Data:
@@ -164,13 +164,7 @@ def _images_config(root: Path, stream: bool, **overrides) -> dict:
         "teacher.training.batch_size": 8, "student.params": {"hidden": [8]}, "training.epochs": 2,
         "training.batch_size": 8, "tracking.enabled": False,
     })
-    for key, value in overrides.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
+    return set_dotted(cfg, overrides)
 
 
 def _metrics(result) -> tuple:

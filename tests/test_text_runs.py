@@ -13,7 +13,7 @@ import torch
 
 from kdlab.cli import main
 from kdlab.modes import Session, run
-from kdlab_test_helpers import load_config, tiny_digits_config
+from kdlab_test_helpers import load_config, set_dotted, tiny_digits_config
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_text = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("transformers", "tokenizers")),
@@ -28,13 +28,7 @@ def _config(**overrides) -> dict:
                     "training": {"epochs": 10, "batch_size": 32, "optimizer": {"lr": 0.01}}},
         "student": {"name": "embedding_mlp", "params": {"embed_dim": 8, "hidden": [8]}},
         "training.epochs": 3, "training.batch_size": 32, "training.threads": 1, "tracking.enabled": False})
-    for key, value in overrides.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
+    return set_dotted(cfg, overrides)
 
 
 def test_a_run_on_the_bundled_task_with_an_augmented_transfer_split(write_config):
