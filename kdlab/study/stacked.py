@@ -153,7 +153,7 @@ class StackedTrials:
                 return claimed
 
     def _prepare(self, trial, alive: contextlib.ExitStack) -> Claimed | None:
-        from kdlab.distill import prepare
+        from kdlab.distill import build_loss, prepare
 
         obj = self.objective
         observer = obj.begin(trial)
@@ -162,8 +162,6 @@ class StackedTrials:
             chosen, loaded = obj.configure(trial)
             c = Claimed(trial, chosen, loaded, observer=observer, alive=alive)
             data = obj.session.get_data(loaded)
-            from kdlab.distill import build_loss
-
             c.key, c.why = stack_key(loaded, build_loss(loaded), bool(getattr(data, "streamed", False)))
             if c.key is None:
                 return c
@@ -196,8 +194,7 @@ class StackedTrials:
             if first is None:
                 return self.ran
             if first.prep is None:  # cannot stack: run it as an unstacked worker would
-                if first.key is None and first.loaded is not None:
-                    first.trial.set_user_attr(attrs.STACK, f"alone: {first.why}")
+                first.trial.set_user_attr(attrs.STACK, f"alone: {first.why}")
                 try:
                     self.lone(first.trial)
                 finally:
