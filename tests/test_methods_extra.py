@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 import torch
+from test_methods import approx, build
 from torch import nn
 
 import kdlab
@@ -40,18 +41,9 @@ def ce_of(s=S, y=Y):
     return mean([-math.log(softmax(r)[k]) for r, k in zip(s, y) if k != -1])
 
 
-def build(name: str, **params) -> kdlab.Loss:
-    comp = get_registry().get("loss", name)
-    return comp.build(comp.validate_params(params))
-
-
 def inputs(s=S, t=T, y=Y, **kw) -> kdlab.LossInputs:
     return kdlab.LossInputs(x=torch.zeros(len(s), 1), labels=torch.tensor(y), student_logits=torch.tensor(s),
                             teacher_logits=None if t is None else torch.tensor(t), **kw)
-
-
-def approx(tensor, value, rel=1e-5):
-    return float(tensor) == pytest.approx(value, rel=rel, abs=1e-7)
 
 
 def _setup(loss, student, teacher, x, n=0):
