@@ -253,3 +253,20 @@ def test_a_held_trial_keeps_its_heartbeat_until_released(postgres_url):
     time.sleep(3.5)
     optuna.storages.fail_stale_trials(study)
     assert study.trials[0].state.name == "FAIL"
+
+
+def test_a_trial_failed_by_another_process_is_dropped_not_the_worker(tmp_path, caplog):
+    from kdlab.study.storage import make_storage
+    from kdlab.study.trials import tell
+
+    url = f"journal:{tmp_path / 'told.journal'}"
+    study = optuna.create_study(study_name="told", storage=make_storage(url))
+    trial = study.ask()
+    other = optuna.load_study(study_name="told", storage=make_storage(url))  # another process judged it stale
+    other.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    with caplog.at_level("WARNING", logger="kdlab"):
+        tell(study, trial, 0.9, optuna.trial.TrialState.COMPLETE)
+    assert "failed by another process" in caplog.text
+    assert optuna.load_study(study_name="told", storage=make_storage(url)).trials[0].state.name == "FAIL"
+    with pytest.raises(ValueError):  # any other error still reaches the caller
+        tell(study, study.ask(), [0.1, 0.2], optuna.trial.TrialState.COMPLETE)

@@ -21,8 +21,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+from optuna.trial import TrialState
+
 from kdlab import signals
+from kdlab.contracts import watch
+from kdlab.distill import build_loss, finish, opened, prepare
+from kdlab.errors import NonFiniteLoss, Pruned
+from kdlab.stacking import Member, can_stack, fit_stacked
 from kdlab.study import attrs
+from kdlab.study.failures import reason_of
+from kdlab.study.trials import tell
+from kdlab.training import count_params
 
 #: what ``study.stack: auto`` gives a CPU worker: measured on 2 cores (benchmarks/stacking.py), the time per member
 #: step of a small MLP falls until about 16 members and flattens after
@@ -40,7 +50,6 @@ def stack_key(loaded, loss, streamed: bool) -> tuple[str | None, str]:
     whole ``optimizer:`` section but its ``name``, and in ``training.seed`` and ``training.epochs``; everything else
     (the student's params, the loss's other params, the data, the teacher, the batch size, precision) is the key.
     """
-    from kdlab.stacking import can_stack
 
     cfg = loaded.config
     ok, why = can_stack(loss, loaded.components["student"])
@@ -73,8 +82,6 @@ def auto_capacity(n_params: int, device: str, batch_size: int, budget: int, work
     fit in a quarter of its free memory (parameters, gradients and Adam's two moments: 16 bytes per parameter per
     member, plus the activations' share), at most 64. Never more than this worker's share of the budget."""
     if device.startswith("cuda"):
-        import torch
-
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         per_member = 16 * n_params + 4 * batch_size * 4096  # a generous guess at a small student's activations
         k = max(1, min(GPU_AUTO, int(free // 4 // per_member)))
@@ -153,8 +160,6 @@ class StackedTrials:
                 return claimed
 
     def _prepare(self, trial, alive: contextlib.ExitStack) -> Claimed | None:
-        from kdlab.distill import build_loss, prepare
-
         obj = self.objective
         observer = obj.begin(trial)
         chosen: dict[str, Any] = {}
@@ -171,16 +176,12 @@ class StackedTrials:
             self._tell(Claimed(trial, chosen, observer=observer, alive=alive), "FAIL", {}, attrs.INTERRUPTED)
             raise
         except Exception as exc:  # noqa: BLE001 - this trial fails alone, with its reason
-            from kdlab.study.failures import reason_of
-
             self._tell(Claimed(trial, chosen, observer=observer, alive=alive), "FAIL", {}, reason_of(exc))
             return None
 
     def _capacity(self, first: Claimed) -> int:
         if self.capacity_setting != "auto":
             return int(self.capacity_setting)
-        from kdlab.training import count_params
-
         spec = self.objective.spec
         return auto_capacity(count_params(first.prep.student), spec.device, first.loaded.config.training.batch_size,
                              spec.target, spec.workers)
@@ -223,8 +224,6 @@ class StackedTrials:
         return out
 
     def _run_stack(self, first: Claimed) -> None:
-        from kdlab.stacking import fit_stacked
-
         capacity = self._capacity(first)
         self.stacks += 1
         stack_id = f"{self.objective.spec.index}.{self.stacks}"
@@ -233,7 +232,7 @@ class StackedTrials:
 
         def enter(c: Claimed):
             exits = contextlib.ExitStack()
-            live = exits.enter_context(_opened(c.prep))
+            live = exits.enter_context(opened(c.prep))
             members[c.trial.number] = _Live(c, exits, live)
             c.trial.set_user_attr(attrs.STACK, stack_id)
             if live.tracked:
@@ -268,8 +267,6 @@ class StackedTrials:
         except BaseException as exc:
             # the stack itself broke (a signal, or an error no single member owns): every member still in it ends
             # with that reason; a stop signal goes on up, any other error fails these trials and the worker goes on
-            from kdlab.study.failures import reason_of
-
             interrupted = isinstance(exc, KeyboardInterrupt)
             reason = attrs.INTERRUPTED if interrupted else reason_of(exc)
             for m in members.values():
@@ -284,11 +281,6 @@ class StackedTrials:
 
     def _conclude(self, m: _Live, result) -> None:
         """Record a member that left the stack, end its run with the lone run's status, and tell its trial."""
-        from kdlab.contracts import watch
-        from kdlab.distill import finish
-        from kdlab.errors import NonFiniteLoss, Pruned
-        from kdlab.study.failures import reason_of
-
         c = m.claim
         prep = c.prep
         metrics: dict[str, float] = {}
@@ -320,15 +312,10 @@ class StackedTrials:
 
     def _tell(self, c: Claimed, state: str, metrics: dict[str, float], reason: str | None,
               values: list[float] | None = None) -> None:
-        import optuna
-
-        from kdlab.study.trials import tell
-
         trial = c.trial
         if reason is not None:
             trial.set_user_attr(attrs.FAIL, reason)
-        kind = {"COMPLETE": optuna.trial.TrialState.COMPLETE, "PRUNED": optuna.trial.TrialState.PRUNED,
-                "FAIL": optuna.trial.TrialState.FAIL}[state]
+        kind = TrialState[state]  # COMPLETE, PRUNED or FAIL
         run_id = c.observer.run_id if c.observer is not None else None
         c.told = True
         try:  # recorded while the trial is still running (a finished trial takes no user attrs), as optimize does
@@ -342,17 +329,9 @@ class StackedTrials:
                 self._ran_one()
 
 
-def _opened(prep):
-    from kdlab.distill import opened
-
-    return opened(prep)
-
-
 def _member(c: Claimed):
     """The stacking package's member for a prepared trial: its seeded student and set-up loss, its optimizer, epochs
     and batch-order seed (the lone run's ``training.seed``)."""
-    from kdlab.stacking import Member
-
     cfg = c.prep.cfg
     return Member(key=c.trial.number, model=c.prep.student, loss=c.prep.loss, optimizer=cfg.optimizer,
                   epochs=cfg.training.epochs, seed=cfg.training.seed, keep_best=cfg.training.keep_best)

@@ -326,16 +326,22 @@ def heartbeat(trial, storage) -> Iterator[None]:
         thread.join()
 
 
-def tell(study, trial, values, state) -> bool:
-    """Tell ``trial``'s outcome; ``False`` (and a warning) when another process already failed it as stale (its
-    heartbeat was late past the grace period): its retry runs elsewhere, and this result is dropped, not the worker."""
+@contextmanager
+def finished_elsewhere(what: str) -> Iterator[None]:
+    """Around telling a trial's outcome: when another process has already failed it as stale (its heartbeat was late
+    past the grace period), its retry runs elsewhere, so this result is dropped with a warning, not the worker."""
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
-        study.tell(trial, values, state=state)
-        return True
+        yield
     except (UpdateFinishedTrialError, ValueError) as exc:
         if "finished" not in str(exc).lower() and "cannot tell" not in str(exc).lower():
             raise
-        log.warning("trial %s was failed by another process before it ended: %s", trial.number, exc)
-        return False
+        log.warning("%s was failed by another process before it ended: %s", what, exc)
+
+
+def tell(study, trial, values, state) -> None:
+    """Tell ``trial``'s outcome (dropped with a warning when another process already failed it: see
+    :func:`finished_elsewhere`)."""
+    with finished_elsewhere(f"trial {trial.number}"):
+        study.tell(trial, values, state=state)

@@ -292,18 +292,10 @@ def run_trials(study, storage, url: str, locks, objective, target: int, *, deadl
 
 
 def _optimize_one(study, objective) -> None:
-    import logging
+    from kdlab.study.trials import finished_elsewhere
 
-    from optuna.exceptions import UpdateFinishedTrialError
-
-    try:
+    with finished_elsewhere("a trial"):
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-    except (UpdateFinishedTrialError, ValueError) as exc:
-        if "finished" not in str(exc).lower() and "cannot tell" not in str(exc).lower():
-            raise
-        # another process judged this trial stale (its heartbeat was late past the grace period) and failed it;
-        # its retry runs elsewhere: drop this result rather than the worker
-        logging.getLogger("kdlab").warning("a trial was failed by another process before it ended: %s", exc)
 
 
 def run_stacked(study, storage, url: str, locks, objective: Objective, spec: WorkerSpec, *, on_stale=None,
