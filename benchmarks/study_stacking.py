@@ -9,6 +9,8 @@ timed command: the teacher is not part of either setting's time). The study's ba
 * **Trials per minute**: finished trials (complete, pruned or failed) / (last trial's end - first trial's start), read
   from the study's Optuna storage: start-up and preparation left out. The ratio is taken per repeat (the two settings
   ran back to back) and its median reported. The wall time of the whole command is shown too.
+* Repeat ``r`` runs both settings with the sampler's seed ``r`` (``study.sampler.seed``): the repeats spread the
+  searches, so that the accuracies show the noise of a search, not one seeded search three times.
 * **Search quality**: the best validation accuracy of each run and the distribution (median, min-max) of the
   validation accuracy of all complete trials, per setting, over the repeats: stacking asks K trials before any of them
   reports, so its search is less sequential than one trial at a time.
@@ -85,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
              "`benchmarks/study_stacking.py`: each study file run as `kdlab study FILE -q --set study.baseline=false` "
              "in fresh processes and fresh stores, the two settings back to back in every repeat (order alternated); "
              "the teacher and data cached before. Trials/min = finished trials / (last trial's end - first trial's "
-             "start), from the Optuna storage. Workers: the file's (`auto`: one per core).", ""]
+             "start), from the Optuna storage. Workers: the file's (`auto`: one per core). Repeat r runs both settings "
+             "with `study.sampler.seed=r`.", ""]
     for name in args.studies:
         study_file = ROOT / "studies" / f"{name}.yaml"
         warm(study_file, overrides)
         runs: dict[str, list[dict]] = {k: [] for k in SETTINGS}
         for r in range(args.repeats):
+            seeded = [*overrides, f"study.sampler.seed={r}"]  # repeats differ by the sampler's seed, settings do not
             for key in (list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))):
-                res = run_study(study_file, SETTINGS[key][1], overrides)
+                res = run_study(study_file, SETTINGS[key][1], seeded)
                 runs[key].append(res)
                 print(f"{name} repeat {r} {key}: {res['trials']} trials ({res['pruned']} pruned), "
                       f"{res['rate']:.2f} trials/min, wall {res['wall']:.0f} s, best val {res['best']:.4f}, "

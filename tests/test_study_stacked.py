@@ -107,6 +107,77 @@ def test_a_pruned_member_leaves_the_stack_and_a_new_trial_takes_its_slot(write_c
             assert steps == [1, 2, 3, 4]
 
 
+def test_stack_peers_prune_below_the_cohorts_median_once_past_the_warm_up():
+    from kdlab.study.peers import StackPeers
+
+    class Done:  # a completed trial, as the rule reads it
+        def __init__(self, values):
+            self.intermediate_values = dict(enumerate(values, 1))
+
+    peers = StackPeers("val_accuracy", maximize=True, n_startup_trials=4, n_warmup_steps=2)
+    curves = {k: [0.1 * k + 0.01 * e for e in range(1, 7)] for k in range(6)}  # member k: 0.1k + 0.01 epoch
+    alive, pruned_at = set(curves), {}
+    for epoch in range(1, 7):
+        for k in alive:
+            peers.record(k, epoch, {"val_accuracy": curves[k][epoch - 1]})
+        out = peers.judge([(k, epoch) for k in sorted(alive)], lambda: [])
+        for k, why in out.items():
+            assert "median" in why and "stack's members" in why
+            peers.left(k, pruned=True)
+            alive.discard(k)
+            pruned_at[k] = epoch
+    # not before the warm-up (epoch 2, as Optuna's median pruner); then the members below the median of the other
+    # five; a pruned member stays in the cohort with its last value, so the survivors are not halved again
+    assert pruned_at == {0: 2, 1: 2, 2: 2}
+    # with fewer than n_startup_trials values to compare with, nobody is pruned
+    few = StackPeers("val_accuracy", maximize=True, n_startup_trials=4, n_warmup_steps=0)
+    for k in range(3):
+        few.record(k, 1, {"val_accuracy": 0.1 * k})
+    assert few.judge([(k, 1) for k in range(3)], lambda: []) == {}
+    # completed trials count, and a completed member leaves the in-memory cohort (the storage has it)
+    assert set(few.judge([(k, 1) for k in range(3)], lambda: [Done([0.5]), Done([0.6])])) == {0, 1, 2}
+    few.left(2, pruned=False)
+    assert 2 not in few.history
+    # loss: lower is better, judged on the best value so far
+    low = StackPeers("val_loss", maximize=False, n_startup_trials=1, n_warmup_steps=0)
+    low.record("a", 1, {"val_loss": 0.5})
+    low.record("a", 2, {"val_loss": 0.9})
+    low.record("b", 1, {"val_loss": 0.6})
+    low.record("b", 2, {"val_loss": 0.7})
+    assert low.judge([("a", 2), ("b", 2)], lambda: []) == {}  # a's best (0.5) beats b's 0.7; b's 0.6 beats a's 0.9
+    low.record("b", 3, {"val_loss": 0.95})
+    low.record("a", 3, {"val_loss": 0.4})
+    assert list(low.judge([("a", 3), ("b", 3)], lambda: [])) == ["b"]
+
+
+@pytest.mark.parametrize("stack_peers", [True, False])
+def test_stack_members_are_pruned_against_each_other_before_any_trial_completes(write_config, kdlab_home,
+                                                                                stack_peers):
+    lrs = [1e-6, 2e-6, 0.01, 0.02, 0.03]
+    cfg = study_config(n_trials=5, stack=5, baseline=False, sampler={"name": "grid", "seed": 0},
+                       search=_lr_grid(*lrs),
+                       pruner={"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2,
+                               "stack_peers": stack_peers})
+    cfg["training"]["epochs"] = 4
+    cfg["study"]["name"] = name = f"peers-{stack_peers}"
+    summary = run_study(str(write_config(cfg, f"{name}.yaml")), StudyOptions(quiet=True))
+    study = load_study(kdlab_home, name)
+    if not stack_peers:  # Optuna's median pruner alone: the members all start together, none completes before
+        assert summary["states"] == {"COMPLETE": 5}
+        return
+    pruned = sorted(t.params["optimizer.lr"] for t in study.trials if t.state.name == "PRUNED")
+    assert pruned == [1e-6, 2e-6]  # the two that hardly learn, at the warm-up's end, and nobody else
+    client, runs = mlflow_runs(kdlab_home, name)
+    by_name = {r.info.run_name: r for r in runs}
+    for t in study.trials:
+        if t.state.name == "PRUNED":
+            assert sorted(t.intermediate_values) == [1, 2]
+            assert "stopped after epoch 2 of 4" in t.user_attrs["fail_reason"]
+            assert "median" in t.user_attrs["fail_reason"] and "stack's members" in t.user_attrs["fail_reason"]
+            run = by_name[f"trial-{t.number}"]
+            assert run.info.status == "KILLED" and run.data.tags["kdlab.trial_state"] == "PRUNED"
+
+
 class _PoisonParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

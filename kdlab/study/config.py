@@ -118,6 +118,9 @@ class PrunerConfig(_Strict):
     n_startup_trials: Int = Field(5, ge=0, description="median: trials before pruning starts")
     n_warmup_steps: Int = Field(5, ge=0, description="median: epochs before a trial can be pruned")
     min_resource: Int = Field(3, ge=1, description="hyperband: minimum epochs")
+    stack_peers: bool = Field(True, description="median, stacked trials: also prune a member whose best value is "
+                                                "worse than the median of its stack's members and the completed "
+                                                "trials at the same epoch (docs/studies.md)")
 
 
 

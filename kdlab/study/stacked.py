@@ -31,6 +31,7 @@ from kdlab.errors import NonFiniteLoss, Pruned
 from kdlab.stacking import Member, can_stack, fit_stacked
 from kdlab.study import attrs
 from kdlab.study.failures import reason_of
+from kdlab.study.peers import StackPeers
 from kdlab.study.trials import tell
 from kdlab.training import count_params
 
@@ -229,6 +230,7 @@ class StackedTrials:
         stack_id = f"{self.objective.spec.index}.{self.stacks}"
         held = [first, *self._fill(first.key, capacity - 1)]  # every claim of this stack, entered or not
         members: dict[int, _Live] = {}
+        peers = StackPeers.of(self.objective.lstudy.study, first.observer.metric)
 
         def enter(c: Claimed):
             exits = contextlib.ExitStack()
@@ -247,9 +249,18 @@ class StackedTrials:
                 except Exception as exc:  # noqa: BLE001 - the pruner (Pruned) or an observer's error: this member only
                     m.stopped = exc
                     control.prune(r.key, str(exc))
+            if peers is not None:  # then the members against each other, with every member's value of this epoch
+                for r in reports:
+                    peers.record(r.key, r.epoch, r.metrics)
+                running = {r.key: r.epoch for r in reports if not r.last and members[r.key].stopped is None}
+                for key, why in peers.judge(running.items(), self._completed).items():
+                    m = members[key]
+                    m.stopped = Pruned(f"stopped after epoch {running[key]} of {m.claim.prep.cfg.training.epochs}: "
+                                       f"{why}")
+                    control.prune(key, str(m.stopped))
 
         def on_result(control, result) -> None:
-            self._conclude(members.pop(result.key), result)
+            self._conclude(members.pop(result.key), result, peers)
             free = control.free or 0
             if free > 0 and signals.stopping() is None:
                 fresh = self._fill(first.key, free)
@@ -279,8 +290,13 @@ class StackedTrials:
             if interrupted:
                 raise
 
-    def _conclude(self, m: _Live, result) -> None:
+    def _completed(self) -> list:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def _conclude(self, m: _Live, result, peers: StackPeers | None = None) -> None:
         """Record a member that left the stack, end its run with the lone run's status, and tell its trial."""
+        if peers is not None:
+            peers.left(result.key, result.status == "pruned" and isinstance(m.stopped, Pruned))
         c = m.claim
         prep = c.prep
         metrics: dict[str, float] = {}
