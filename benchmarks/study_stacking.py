@@ -70,6 +70,29 @@ def run_study(study_file: Path, extra: list[str], overrides: list[str]) -> dict:
             "stacks": sorted({t.user_attrs.get("stack", "-") for t in done})}
 
 
+def section(name: str, runs: dict[str, list[dict]], n_trials: int) -> list[str]:
+    """The report's section of one study file: ``runs`` maps each setting to its results per repeat."""
+    ratios = [a["rate"] / o["rate"] for a, o in zip(runs["auto"], runs["off"])]
+    walls = [a["wall"] / o["wall"] for a, o in zip(runs["auto2"], runs["off"])]
+    gains = [a["best"] - o["best"] for a, o in zip(runs["auto2"], runs["off"])]
+    rows = []
+    for key, (label, _) in SETTINGS.items():
+        rs = runs[key]
+        values = sorted(v for res in rs for v in res["values"])
+        rows.append([label, f"{C.median([x['rate'] for x in rs]):.2f}",
+                     " / ".join(f"{x['rate']:.2f}" for x in rs), f"{C.median([x['wall'] for x in rs]):.0f}",
+                     " / ".join(str(x["trials"]) for x in rs), " / ".join(f"{x['best']:.3f}" for x in rs),
+                     f"{C.median(values):.3f} ({values[0]:.3f}-{values[-1]:.3f}, n={len(values)})"])
+    return [f"## `studies/{name}.yaml`", "",
+            C.table(["setting", "trials/min (median)", "per repeat", "wall s (median)", "trials",
+                     "best val accuracy per repeat", "val accuracy of complete trials: median (min-max)"], rows), "",
+            f"Stacked / unstacked trials per minute, per repeat: {', '.join(f'{x:.2f}x' for x in ratios)}; "
+            f"median **{C.median(ratios):.2f}x**: {C.verdict(C.median(ratios), 3.0, at_most=False)}.", "",
+            f"Stacked with twice the trials ({2 * n_trials}): its wall time / the unstacked study's, per repeat: "
+            f"{', '.join(f'{x:.2f}' for x in walls)}; its best validation accuracy minus the unstacked study's, "
+            f"per repeat: {', '.join(f'{x:+.3f}' for x in gains)}.", ""]
+
+
 def warm(study_file: Path, overrides: list[str]) -> None:
     """Data, teacher and its outputs into the shared cache: one trial of one epoch, not timed."""
     run_study(study_file, ["--n-trials", "1"], [*overrides, "training.epochs=1"])
@@ -107,26 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} repeat {r} {key}: {res['trials']} trials ({res['pruned']} pruned), "
                       f"{res['rate']:.2f} trials/min, wall {res['wall']:.0f} s, best val {res['best']:.4f}, "
                       f"stacks {res['stacks'][:4]}", flush=True)
-        ratios = [a["rate"] / o["rate"] for a, o in zip(runs["auto"], runs["off"])]
-        walls = [a["wall"] / o["wall"] for a, o in zip(runs["auto2"], runs["off"])]
-        gains = [a["best"] - o["best"] for a, o in zip(runs["auto2"], runs["off"])]
-        rows = []
-        for key, (label, _) in SETTINGS.items():
-            rs = runs[key]
-            values = sorted(v for res in rs for v in res["values"])
-            rows.append([label, f"{C.median([x['rate'] for x in rs]):.2f}",
-                         " / ".join(f"{x['rate']:.2f}" for x in rs), f"{C.median([x['wall'] for x in rs]):.0f}",
-                         " / ".join(str(x["trials"]) for x in rs), " / ".join(f"{x['best']:.3f}" for x in rs),
-                         f"{C.median(values):.3f} ({values[0]:.3f}-{values[-1]:.3f}, n={len(values)})"])
-        lines += [f"## `studies/{name}.yaml`", "",
-                  C.table(["setting", "trials/min (median)", "per repeat", "wall s (median)", "trials",
-                           "best val accuracy per repeat", "val accuracy of complete trials: median (min-max)"],
-                          rows), "",
-                  f"Stacked / unstacked trials per minute, per repeat: {', '.join(f'{x:.2f}x' for x in ratios)}; "
-                  f"median **{C.median(ratios):.2f}x**: {C.verdict(C.median(ratios), 3.0, at_most=False)}.", "",
-                  f"Stacked with twice the trials ({2 * n_trials}): its wall time / the unstacked study's, per repeat: "
-                  f"{', '.join(f'{x:.2f}' for x in walls)}; its best validation accuracy minus the unstacked study's, "
-                  f"per repeat: {', '.join(f'{x:+.3f}' for x in gains)}.", ""]
+        lines += section(name, runs, n_trials)
     C.report("study_stacking.md", lines, args.write)
     return 0
 

@@ -106,6 +106,23 @@ def test_storage_parts(bench_env, tmp_path):
     assert lstudy.study.n_trials == 4 and lstudy.name == "smoke"
 
 
+def test_study_stacking_report(bench_env):
+    """benchmarks/study_stacking.py: a study file's section renders each setting's row, the per-repeat ratios and
+    their verdict, and the twice-the-trials line (the studies themselves run with ``--quick``, by hand)."""
+    bench = _load("study_stacking")
+
+    def res(rate, wall, best, trials=14):
+        return {"rate": rate, "wall": wall, "best": best, "values": [best, best - 0.1], "trials": trials}
+
+    runs = {"off": [res(6.0, 120, 0.94), res(8.0, 100, 0.93)], "auto": [res(24.0, 50, 0.93), res(20.0, 50, 0.94)],
+            "auto2": [res(30.0, 60, 0.95, 28), res(30.0, 60, 0.93, 28)]}
+    text = "\n".join(bench.section("mnist1d", runs, 14))
+    assert "## `studies/mnist1d.yaml`" in text
+    assert "per repeat: 4.00x, 2.50x; median **3.25x**: met" in text
+    assert "twice the trials (28)" in text and "per repeat: 0.50, 0.60;" in text and "+0.010, +0.000" in text
+    assert "| stacked, twice the trials (`--stack auto --n-trials 2N`) | 30.00 | 30.00 / 30.00 | 60 | 28 / 28 |" in text
+
+
 def test_loss_speed_quick(bench_env, capsys: pytest.CaptureFixture):
     assert _load("loss_speed").main(["--quick"]) == 0
     out = capsys.readouterr().out
