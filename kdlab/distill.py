@@ -93,8 +93,11 @@ class Prepared:
         return self.loaded.config
 
 
-def prepare(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None) -> Prepared:
-    """Everything a student run builds before training (see :class:`Prepared`); nothing is recorded yet."""
+def prepare(loaded: LoadedConfig, options: RunOptions | None = None, session: Session | None = None,
+            loss: Loss | None = None) -> Prepared:
+    """Everything a student run builds before training (see :class:`Prepared`); nothing is recorded yet. ``loss``:
+    the run's loss built already (by :func:`build_loss`, not set up yet), as a stacked study builds it to decide
+    whether the trial can stack."""
     options = options or RunOptions()
     session = session or Session()
     cfg = loaded.config
@@ -104,7 +107,7 @@ def prepare(loaded: LoadedConfig, options: RunOptions | None = None, session: Se
     device = resolve_device(options.device or tcfg.device)
     track = cfg.tracking.enabled
     data = session.get_data(loaded)
-    loss = build_loss(loaded)
+    loss = loss if loss is not None else build_loss(loaded)
     if loss.uses_teacher and cfg.teacher is None:
         raise KdlabError(f"{loaded.name}: loss {cfg.loss.name!r} distils from a teacher: add a `teacher:` section")
     teacher = get_teacher(loaded, data, device, session, track=track) if cfg.teacher else None

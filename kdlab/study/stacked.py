@@ -168,10 +168,11 @@ class StackedTrials:
             chosen, loaded = obj.configure(trial)
             c = Claimed(trial, chosen, loaded, observer=observer, alive=alive)
             data = obj.session.get_data(loaded)
-            c.key, c.why = stack_key(loaded, build_loss(loaded), bool(getattr(data, "streamed", False)))
+            loss = build_loss(loaded)
+            c.key, c.why = stack_key(loaded, loss, bool(getattr(data, "streamed", False)))
             if c.key is None:
                 return c
-            c.prep = prepare(loaded, obj.options(trial, observer, stacked=True), obj.session)
+            c.prep = prepare(loaded, obj.options(trial, observer, stacked=True), obj.session, loss=loss)
             return c
         except KeyboardInterrupt:
             self._tell(Claimed(trial, chosen, observer=observer, alive=alive), "FAIL", {}, attrs.INTERRUPTED)
