@@ -6,6 +6,8 @@
   (a second Ctrl-C still stops at once).
 * :func:`deferred` (around each call to a store): a signal that arrives inside is raised when the call returns, so
   that an interrupted database transaction cannot leave the store's session broken for the recording that follows.
+* A stop raised inside a callback that cannot raise (a GC or weakref callback, ``__del__``) is delivered again
+  (``sys.unraisablehook``), not lost.
 * :func:`worker_process` (in a study's worker process): the same for SIGINT and SIGTERM, and the worker gets SIGTERM
   when its main process dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``; elsewhere a watchdog thread polls the
   parent's id), so no worker trains on under a dead study.
@@ -43,6 +45,33 @@ def _on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signatur
     raise error()
 
 
+def _on_unraisable(unraisable) -> None:  # noqa: ANN001 - sys.unraisablehook signature
+    """A stop raised by :func:`_on_signal` inside a callback that cannot raise (a weakref or GC callback, a
+    ``__del__``: Python prints "Exception ignored in ..." and goes on) would be lost, and the command would run on,
+    deaf to a second signal. Deliver it again instead, from a thread a moment later: sent from here, it would be
+    handled in this hook, whose exceptions are ignored too."""
+    global _stopping
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt) and _stopping and _stopped_by is type(exc):
+        _stopping = False
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM if _stopped_by is Terminated
+                                                 else signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    _previous_unraisable(unraisable)
+
+
+_previous_unraisable = sys.unraisablehook
+
+
+def _install_unraisable() -> None:
+    if sys.unraisablehook is not _on_unraisable:
+        global _previous_unraisable
+        _previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = _on_unraisable
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """Hold a signal that arrives inside the block until it ends (in the main thread; elsewhere a no-op)."""
@@ -69,10 +98,13 @@ def handle_sigterm():
         return lambda: None
     _stopping, _force_sigint, _pending = False, True, None
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    hook = sys.unraisablehook
+    _install_unraisable()
 
     def restore() -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
 
     return restore
 
@@ -96,6 +128,7 @@ def worker_process(parent_pid: int | None) -> None:
     _stopping, _force_sigint, _pending = False, False, None
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _install_unraisable()
     if parent_pid is None:
         return
     if sys.platform.startswith("linux"):

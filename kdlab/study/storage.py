@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from kdlab import paths
 from kdlab.errors import KdlabError
+from kdlab.signals import deferred
 
 log = logging.getLogger("kdlab")
 
@@ -73,7 +74,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int | 
 
         path = journal_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_signal_safe(JournalFileBackend)(str(path)))
     engine_kwargs: dict[str, Any] = {}
     heartbeat: dict[str, Any] = {}
     if url.startswith("sqlite:"):
@@ -97,6 +98,25 @@ def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int | 
                     raise
                 time.sleep(0.5)
     raise AssertionError("unreachable")
+
+
+def _signal_safe(backend_class):
+    """``backend_class`` (Optuna's journal file backend) with each read and append finished before a stop signal is
+    raised (:func:`kdlab.signals.deferred`). Ctrl-C or SIGTERM raised inside Optuna's file lock, between its rename
+    and unlink, left the lock file behind and turned the signal into a FileNotFoundError: the worker then recorded
+    its trial as failed with that error, or not at all, instead of as interrupted. (A class made here: optuna is
+    imported only when a storage is made.)"""
+
+    class SignalSafeJournalFile(backend_class):
+        def read_logs(self, log_number_from: int):
+            with deferred():
+                return list(super().read_logs(log_number_from))
+
+        def append_logs(self, logs) -> None:
+            with deferred():
+                super().append_logs(logs)
+
+    return SignalSafeJournalFile
 
 
 def _stale_callback_arg() -> str:
