@@ -66,8 +66,8 @@ _previous_unraisable = sys.unraisablehook
 
 
 def _install_unraisable() -> None:
+    global _previous_unraisable
     if sys.unraisablehook is not _on_unraisable:
-        global _previous_unraisable
         _previous_unraisable = sys.unraisablehook
         sys.unraisablehook = _on_unraisable
 

@@ -119,7 +119,7 @@ def test_stack_peers_prune_below_the_cohorts_median_once_past_the_warm_up():
     alive, pruned_at = set(curves), {}
     for epoch in range(1, 7):
         for k in alive:
-            peers.record(k, epoch, {"val_accuracy": curves[k][epoch - 1]})
+            peers.record(k, {"val_accuracy": curves[k][epoch - 1]})
         out = peers.judge([(k, epoch) for k in sorted(alive)], lambda: [])
         for k, why in out.items():
             assert "median" in why and "stack's members" in why
@@ -132,7 +132,7 @@ def test_stack_peers_prune_below_the_cohorts_median_once_past_the_warm_up():
     # with fewer than n_startup_trials values to compare with, nobody is pruned
     few = StackPeers("val_accuracy", maximize=True, n_startup_trials=4, n_warmup_steps=0)
     for k in range(3):
-        few.record(k, 1, {"val_accuracy": 0.1 * k})
+        few.record(k, {"val_accuracy": 0.1 * k})
     assert few.judge([(k, 1) for k in range(3)], lambda: []) == {}
     # completed trials count, and a completed member leaves the in-memory cohort (the storage has it)
     assert set(few.judge([(k, 1) for k in range(3)], lambda: [Done([0.5]), Done([0.6])])) == {0, 1, 2}
@@ -140,13 +140,13 @@ def test_stack_peers_prune_below_the_cohorts_median_once_past_the_warm_up():
     assert 2 not in few.history
     # loss: lower is better, judged on the best value so far
     low = StackPeers("val_loss", maximize=False, n_startup_trials=1, n_warmup_steps=0)
-    low.record("a", 1, {"val_loss": 0.5})
-    low.record("a", 2, {"val_loss": 0.9})
-    low.record("b", 1, {"val_loss": 0.6})
-    low.record("b", 2, {"val_loss": 0.7})
+    low.record("a", {"val_loss": 0.5})
+    low.record("a", {"val_loss": 0.9})
+    low.record("b", {"val_loss": 0.6})
+    low.record("b", {"val_loss": 0.7})
     assert low.judge([("a", 2), ("b", 2)], lambda: []) == {}  # a's best (0.5) beats b's 0.7; b's 0.6 beats a's 0.9
-    low.record("b", 3, {"val_loss": 0.95})
-    low.record("a", 3, {"val_loss": 0.4})
+    low.record("b", {"val_loss": 0.95})
+    low.record("a", {"val_loss": 0.4})
     assert list(low.judge([("a", 3), ("b", 3)], lambda: [])) == ["b"]
 
 

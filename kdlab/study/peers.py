@@ -43,11 +43,10 @@ class StackPeers:
             return None
         return cls(metric, study_cfg.objectives[0].direction == "maximize", p.n_startup_trials, p.n_warmup_steps)
 
-    def record(self, key: Hashable, epoch: int, metrics: dict[str, float]) -> None:
+    def record(self, key: Hashable, metrics: dict[str, float]) -> None:
+        """A member's metrics of its next epoch (a stack reports every member once per epoch, in order)."""
         if self.metric in metrics:
-            values = self.history.setdefault(key, [])
-            del values[epoch - 1:]
-            values.append(metrics[self.metric])
+            self.history.setdefault(key, []).append(metrics[self.metric])
 
     def left(self, key: Hashable, pruned: bool) -> None:
         """A member left the stack: a pruned one stays in the cohort with its last value; a complete one is counted

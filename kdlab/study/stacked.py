@@ -252,7 +252,7 @@ class StackedTrials:
                     control.prune(r.key, str(exc))
             if peers is not None:  # then the members against each other, with every member's value of this epoch
                 for r in reports:
-                    peers.record(r.key, r.epoch, r.metrics)
+                    peers.record(r.key, r.metrics)
                 running = {r.key: r.epoch for r in reports if not r.last and members[r.key].stopped is None}
                 for key, why in peers.judge(running.items(), self._completed).items():
                     m = members[key]
@@ -294,7 +294,7 @@ class StackedTrials:
     def _completed(self) -> list:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
-    def _conclude(self, m: _Live, result, peers: StackPeers | None = None) -> None:
+    def _conclude(self, m: _Live, result, peers: StackPeers | None) -> None:
         """Record a member that left the stack, end its run with the lone run's status, and tell its trial."""
         if peers is not None:
             peers.left(result.key, result.status == "pruned" and isinstance(m.stopped, Pruned))
